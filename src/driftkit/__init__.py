@@ -1,0 +1,21 @@
+"""driftkit: continuous decoders for vision-language models behind one interface.
+
+    dec = driftkit.make_decoder("drift", cond_dim=C, target_shape=(T, D))
+    out = dec.loss(cond, target, mask)           # cond [B, C], target [B, T, D]
+    y = dec.sample(cond, num_samples=K)          # [B, K, T, D]
+"""
+
+from driftkit.decoders import Decoder, DecoderConfig, DecoderLoss, list_decoders, make_decoder, register_decoder
+from driftkit.normalize import NormStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Decoder",
+    "DecoderConfig",
+    "DecoderLoss",
+    "NormStats",
+    "list_decoders",
+    "make_decoder",
+    "register_decoder",
+]

@@ -1,0 +1,16 @@
+"""The decoder family. Importing this package registers every built-in decoder."""
+
+from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
+from driftkit.decoders.registry import DECODERS, decoder_class, list_decoders, make_decoder, register_decoder
+from driftkit.decoders import regression, tokens, flow, drift, residual  # noqa: F401  (registration)
+
+__all__ = [
+    "DECODERS",
+    "Decoder",
+    "DecoderConfig",
+    "DecoderLoss",
+    "decoder_class",
+    "list_decoders",
+    "make_decoder",
+    "register_decoder",
+]

@@ -1,0 +1,163 @@
+"""Decoder: the two-method contract every continuous decoder keeps.
+
+    out = dec.loss(cond, target, mask=None)                       -> DecoderLoss(.loss, .metrics)
+    y   = dec.sample(cond, num_samples=K, steps=None, generator=None)  -> [B, K, T, D]
+    n   = dec.nfe(steps=None)                                      network evaluations per sample() call
+
+cond is [B, C] (or [B, L, C] prefix states for nets that attend to them); target is [B, T, D] in the user's
+units; mask [B, T, D] is True where the target is real (False = padding). The base class validates inputs,
+normalises targets once (driftkit.normalize) and repeats the condition for K samples; subclasses implement
+`_loss` and `_sample` in the normalised space. Flow time follows driftkit.flow: t = 0 noise, t = 1 data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from driftkit.errors import check_choice, check_finite, check_positive, check_shape
+from driftkit.nets import NET_REGISTRY, NetSpec, make_net
+from driftkit.normalize import KINDS, NormStats, Normalizer
+
+
+@dataclass
+class DecoderConfig:
+    """Options every decoder shares. Subclasses add their own fields with defaults."""
+
+    cond_dim: int
+    """C, width of the condition features handed to the decoder."""
+    target_shape: tuple[int, int]
+    """(T, D): (1, 2) for an interval, (1, 4) for a box, (horizon, action_dim) for an action chunk."""
+    normalization: str = "mean_std"
+    """How targets are normalised before the decoder sees them: none | mean_std | quantile."""
+    net: str = "mlp"
+    """Registered network architecture (driftkit.nets)."""
+    hidden_dim: int = 256
+    """Hidden width of the network."""
+    depth: int = 3
+    """Number of hidden blocks of the network."""
+
+    def __post_init__(self):
+        check_positive("cond_dim", self.cond_dim)
+        shape = tuple(self.target_shape) if isinstance(self.target_shape, (tuple, list)) else None
+        if shape is None or len(shape) != 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise ValueError(f"got target_shape={self.target_shape!r}, must be two positive ints (T, D)")
+        self.target_shape = shape
+        check_choice("normalization", self.normalization, KINDS)
+        check_choice("net", self.net, NET_REGISTRY)
+        check_positive("hidden_dim", self.hidden_dim)
+        check_positive("depth", self.depth)
+
+    @property
+    def horizon(self) -> int:
+        return self.target_shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.target_shape[1]
+
+    def net_spec(self, in_dim: int, out_dim: int, use_time: bool) -> NetSpec:
+        return NetSpec(self.cond_dim, self.horizon, in_dim, out_dim, use_time, self.hidden_dim, self.depth)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class DecoderLoss:
+    """A training loss and the scalars worth logging next to it."""
+
+    loss: Tensor
+    """Scalar to backpropagate."""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Decoder(nn.Module):
+    """Base class. Subclasses set `name`, `config_class`, and implement `_loss`, `_sample`, `nfe`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    config_class: ClassVar[type[DecoderConfig]] = DecoderConfig
+    default_normalization: ClassVar[str] = "mean_std"
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        self.normalizer = Normalizer(config.dim, config.normalization)
+
+    # ---- the contract ----------------------------------------------------------------------------
+    def loss(self, cond: Tensor, target: Tensor, mask: Tensor | None = None) -> DecoderLoss:
+        """cond [B, C]; target [B, T, D]; mask [B, T, D] bool (True = real) -> DecoderLoss."""
+        self._check_cond(cond)
+        check_shape("target", target, (cond.shape[0], *self.config.target_shape), " (batch of cond, *target_shape)")
+        check_finite("target", target)
+        mask = self._check_mask(mask, target)
+        x_1 = self.normalizer.normalize(target).masked_fill(~mask, 0.0)
+        out = self._loss(cond, x_1, mask)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"{self.name} loss is {out.loss.item()} (non-finite); inputs were finite")
+        return out
+
+    @torch.no_grad()
+    def sample(
+        self, cond: Tensor, num_samples: int = 1, steps: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """cond [B, C] -> [B, K, T, D] samples in the target's units; K samples share one batched pass."""
+        self._check_cond(cond)
+        check_positive("num_samples", num_samples)
+        if steps is not None:
+            check_positive("steps", steps)
+        x = self._sample(cond, num_samples, steps, generator)  # [B, K, T, D], normalised
+        return self.normalizer.unnormalize(x)
+
+    def nfe(self, steps: int | None = None) -> int:
+        """Network evaluations one sample() call costs (K samples are batched into each evaluation)."""
+        raise NotImplementedError
+
+    # ---- subclass hooks ----------------------------------------------------------------------------
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
+        """cond [B, C]; x_1 [B, T, D] normalised target (0 where padded); mask [B, T, D] bool."""
+        raise NotImplementedError
+
+    def _sample(self, cond: Tensor, k: int, steps: int | None, generator: torch.Generator | None) -> Tensor:
+        """cond [B, C] -> [B, K, T, D] in normalised space."""
+        raise NotImplementedError
+
+    # ---- normalisation -------------------------------------------------------------------------------
+    def set_stats(self, stats: NormStats) -> None:
+        """Use dataset statistics (e.g. from LeRobot's meta/stats.json) for target normalisation."""
+        self.normalizer.set_stats(stats)
+
+    def fit_normalizer(self, target: Tensor, mask: Tensor | None = None) -> NormStats:
+        """Fit normalisation statistics on training targets [N, T, D]; returns them."""
+        check_shape("target", target, (None, *self.config.target_shape))
+        check_finite("target", target)
+        stats = NormStats.from_data(target, self._check_mask(mask, target))
+        self.set_stats(stats)
+        return stats
+
+    # ---- checks ------------------------------------------------------------------------------------------
+    def _check_cond(self, cond: Tensor) -> None:
+        if not isinstance(cond, Tensor):
+            raise TypeError(f"cond must be a torch.Tensor, got {type(cond).__name__}")
+        if cond.dim() not in (2, 3) or cond.shape[-1] != self.config.cond_dim or cond.shape[0] == 0:
+            raise ValueError(
+                f"cond has shape {list(cond.shape)}, expected [B, {self.config.cond_dim}] "
+                f"(or [B, L, {self.config.cond_dim}] prefix states) with B >= 1"
+            )
+        check_finite("cond", cond)
+
+    @staticmethod
+    def _check_mask(mask: Tensor | None, target: Tensor) -> Tensor:
+        if mask is None:
+            return torch.ones_like(target, dtype=torch.bool)
+        check_shape("mask", mask, tuple(target.shape), " (same as target)")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True = real), got dtype {mask.dtype}")
+        return mask
+
+    def _net(self, in_dim: int, out_dim: int, use_time: bool) -> nn.Module:
+        return make_net(self.config.net, self.config.net_spec(in_dim, out_dim, use_time))

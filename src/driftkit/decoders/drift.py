@@ -1,0 +1,91 @@
+"""Drift (Drift-VLA): a one-step generator trained with the drifting loss.
+
+The generator is one Euler step of a velocity network with its time input pinned to the source end:
+    x = x_0 + v(cond, x_0, t=0),   x_0 ~ N(0, I),
+so samples start with data-scale spread (a plain f(noise) collapses to the mean; see the notes) and a
+flow checkpoint's network can be fine-tuned into a drift generator. Training draws G samples per
+observation from one shared condition and matches them to the demonstration with the drifting loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
+from driftkit.decoders.registry import register_decoder
+from driftkit.errors import check_choice, check_positive
+from driftkit.losses import GROUPINGS, drifting_loss
+from driftkit.losses.drifting import TEMPERATURES
+from driftkit.ops import randn, repeat_samples
+
+
+@dataclass
+class DriftOptions:
+    """Options of the drifting objective, shared by `drift` and `residual_drift`."""
+
+    train_samples: int = 8
+    """G, generated samples per observation in each training step (drawn from one shared condition)."""
+    temperatures: tuple[float, ...] = TEMPERATURES
+    """Kernel temperatures R of the drift field."""
+    grouping: str = "action_dim"
+    """Matching problems: action_dim (one per dim over its trajectory), timestep, or chunk."""
+    scale_weighting: bool = False
+    """Weight each group's loss by its detached scale (deviation from the reference; see the notes)."""
+    fp32_target: bool = True
+    """Compute the drift target in float32 with autocast off."""
+
+    def check_drift(self):
+        check_positive("train_samples", self.train_samples)
+        if self.train_samples < 2:
+            raise ValueError(f"got train_samples={self.train_samples}, need >= 2 (siblings repel each other)")
+        self.temperatures = tuple(float(r) for r in self.temperatures)
+        if not self.temperatures or any(r <= 0 for r in self.temperatures):
+            raise ValueError(f"got temperatures={self.temperatures}, need one or more positive values")
+        check_choice("grouping", self.grouping, GROUPINGS)
+
+    def drift_loss(self, gen: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """gen [B, G, T, D], target [B, T, D], mask [B, T, D] -> scalar."""
+        return drifting_loss(
+            gen, target, mask, self.grouping, self.temperatures, self.scale_weighting, self.fp32_target
+        )
+
+
+@dataclass
+class DriftConfig(DriftOptions, DecoderConfig):
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_drift()
+
+
+@register_decoder
+class DriftDecoder(Decoder):
+    name = "drift"
+    summary = "one-step generator trained with the drifting loss (Drift-VLA), action-dim grouping; 1 NFE"
+    config_class = DriftConfig
+
+    def __init__(self, config: DriftConfig):
+        super().__init__(config)
+        self.net = self._net(in_dim=config.dim, out_dim=config.dim, use_time=True)
+
+    def generate(self, cond: Tensor, x_0: Tensor) -> Tensor:
+        """cond [N, C], x_0 [N, T, D] noise -> [N, T, D] one-step sample."""
+        t = torch.zeros(x_0.shape[0], device=x_0.device, dtype=x_0.dtype)
+        return x_0 + self.net(cond, x_0, t)
+
+    def _draw(self, cond: Tensor, k: int, generator=None) -> Tensor:
+        cond_k = repeat_samples(cond, k)
+        x_0 = randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
+        return self.generate(cond_k, x_0).view(cond.shape[0], k, *self.config.target_shape)
+
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
+        loss = self.config.drift_loss(self._draw(cond, self.config.train_samples), x_1, mask)
+        return DecoderLoss(loss, {"loss": loss.item()})
+
+    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
+        return self._draw(cond, k, generator)
+
+    def nfe(self, steps: int | None = None) -> int:
+        return 1

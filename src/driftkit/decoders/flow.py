@@ -1,0 +1,61 @@
+"""Flow: flow matching from Gaussian noise (the pi0 / SmolVLA action expert), Euler-integrated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
+from driftkit.decoders.registry import register_decoder
+from driftkit.errors import check_choice, check_positive
+from driftkit.flow import TIME_SAMPLERS, euler, flow_matching_loss, sample_time
+from driftkit.ops import randn, repeat_samples
+
+
+@dataclass
+class FlowOptions:
+    """Options of flow-matching training and sampling, shared by `flow` and `residual_flow`."""
+
+    steps: int = 10
+    """Default Euler steps per sample() call (override per call with `steps=`)."""
+    time_sampler: str = "beta"
+    """uniform, or beta: pi0/SmolVLA's Beta(1.5, 1) that favours the noisy end."""
+
+    def check_flow(self):
+        check_positive("steps", self.steps)
+        check_choice("time_sampler", self.time_sampler, TIME_SAMPLERS)
+
+
+@dataclass
+class FlowConfig(FlowOptions, DecoderConfig):
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_flow()
+
+
+@register_decoder
+class FlowDecoder(Decoder):
+    name = "flow"
+    summary = "flow matching from Gaussian noise, Euler integration (pi0/SmolVLA); NFE = steps (10)"
+    config_class = FlowConfig
+
+    def __init__(self, config: FlowConfig):
+        super().__init__(config)
+        self.net = self._net(in_dim=config.dim, out_dim=config.dim, use_time=True)
+
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
+        x_0 = randn(x_1.shape, x_1)
+        t = sample_time(self.config.time_sampler, x_1.shape[0], x_1)
+        loss = flow_matching_loss(lambda x, s: self.net(cond, x, s), x_0, x_1, t, mask)
+        return DecoderLoss(loss, {"loss": loss.item()})
+
+    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
+        cond_k = repeat_samples(cond, k)
+        x_0 = randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
+        x_1 = euler(lambda x, t: self.net(cond_k, x, t), x_0, steps or self.config.steps)
+        return x_1.view(cond.shape[0], k, *self.config.target_shape)
+
+    def nfe(self, steps: int | None = None) -> int:
+        return steps or self.config.steps

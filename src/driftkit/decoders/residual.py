@@ -1,0 +1,215 @@
+"""Residual refinement around a base predictor: DRIFT's residual flow, and residual drift (new).
+
+A base decoder (regression or tokens, or any registered decoder) predicts a coarse chunk b from cond.
+A refiner generates the target around it, conditioned on cond and b:
+
+    source  x_0 = b + sigma * eps,  eps ~ N(0, I)
+    coords  parameterization "residual": c(x) = (x - b) / sigma   (the refiner works on the scaled residual)
+            parameterization "absolute": c(x) = x                  (the refiner works in target units)
+
+Both parameterisations share the same probability path in target units; they differ in what the network
+sees and predicts. "residual" keeps the refiner's inputs and outputs at unit scale whatever the base's
+precision, so it is the default. sigma (per dim) is fixed by `source_std`, or by default ("auto") tracks
+the RMS of the base's residual during training: a coarse or mean-collapsed base gets a wide source that can
+reach far modes, a precise base a narrow one that refines locally (see docs/decoders.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
+from driftkit.decoders.drift import DriftOptions
+from driftkit.decoders.flow import FlowOptions
+from driftkit.decoders.registry import make_decoder, register_decoder
+from driftkit.errors import check_choice, check_positive
+from driftkit.flow import euler, flow_matching_loss, sample_time
+from driftkit.normalize import NormStats
+from driftkit.ops import masked_mean, randn, repeat_samples
+
+
+@dataclass
+class ResidualOptions:
+    """Options of the base predictor and of the residual source."""
+
+    base: str = "regression"
+    """Registry name of the base predictor (regression or tokens; any decoder works)."""
+    base_options: dict = field(default_factory=dict)
+    """Options for the base decoder (e.g. {"num_bins": 32}); net/hidden_dim/depth default to this decoder's."""
+    source_std: float | None = None
+    """Source width sigma in normalised units; None = auto (running RMS of the base's residual per dim)."""
+    min_source_std: float = 0.02
+    """Floor of the automatic sigma."""
+    std_momentum: float = 0.99
+    """EMA momentum of the automatic sigma."""
+    parameterization: str = "residual"
+    """residual (refiner sees (x - b) / sigma) or absolute (refiner sees x)."""
+    schedule: str = "joint"
+    """joint: base and refiner losses summed every step. staged: base alone for base_steps, then refiner alone."""
+    base_steps: int = 1000
+    """Training steps of the base stage when schedule = staged."""
+
+    def check_residual(self):
+        if self.base in ("residual_flow", "residual_drift"):
+            raise ValueError(f"got base={self.base!r}: a residual decoder cannot be its own base")
+        if self.source_std is not None:
+            check_positive("source_std", self.source_std)
+        check_positive("min_source_std", self.min_source_std)
+        if not 0 <= self.std_momentum < 1:
+            raise ValueError(f"got std_momentum={self.std_momentum}, must be in [0, 1)")
+        check_choice("parameterization", self.parameterization, ("residual", "absolute"))
+        check_choice("schedule", self.schedule, ("joint", "staged"))
+        check_positive("base_steps", self.base_steps, allow_zero=True)
+
+
+class ResidualDecoder(Decoder):
+    """Shared plumbing: the base decoder, sigma, the coordinates, the training schedule."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        opts = {"net": config.net, "hidden_dim": config.hidden_dim, "depth": config.depth, **config.base_options}
+        self.base = make_decoder(config.base, config.cond_dim, config.target_shape, **opts)
+        self.register_buffer("sigma", torch.full((config.dim,), float(config.source_std or 1.0)))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.refiner = self._net(in_dim=2 * config.dim, out_dim=config.dim, use_time=True)
+
+    # ---- base predictor ------------------------------------------------------------------------------
+    def set_stats(self, stats: NormStats) -> None:
+        super().set_stats(stats)
+        q01, q99 = self.normalizer.normalize(stats.q01), self.normalizer.normalize(stats.q99)
+        zeros, ones = torch.zeros_like(q01), torch.ones_like(q01)
+        # The base sees targets already normalised by this decoder.
+        self.base.set_stats(NormStats(mean=zeros, std=ones, q01=q01, q99=q99))
+
+    def fit_normalizer(self, target: Tensor, mask: Tensor | None = None) -> NormStats:
+        stats = super().fit_normalizer(target, mask)
+        self.base.fit_normalizer(self.normalizer.normalize(target), mask)
+        return stats
+
+    def base_prediction(self, cond: Tensor) -> Tensor:
+        """cond [B, C] -> [B, T, D] the base's (detached) prediction in normalised units."""
+        return self.base.sample(cond, 1)[:, 0]
+
+    # ---- coordinates ----------------------------------------------------------------------------------
+    def to_coords(self, x: Tensor, b: Tensor) -> Tensor:
+        return (x - b) / self.sigma if self.config.parameterization == "residual" else x
+
+    def from_coords(self, c: Tensor, b: Tensor) -> Tensor:
+        return b + self.sigma * c if self.config.parameterization == "residual" else c
+
+    def source(self, b: Tensor, generator=None) -> Tensor:
+        """x_0 = b + sigma * eps in target units, [N, T, D]."""
+        return b + self.sigma * randn(b.shape, b, generator)
+
+    def _update_sigma(self, b: Tensor, x_1: Tensor, mask: Tensor) -> None:
+        if self.config.source_std is not None or not self.training:
+            return
+        m = mask.to(x_1.dtype)
+        ms = ((x_1 - b).square() * m).sum(dim=(0, 1)) / m.sum(dim=(0, 1)).clamp_min(1.0)  # [D]
+        rms = ms.sqrt().clamp_min(self.config.min_source_std)
+        self.sigma.mul_(self.config.std_momentum).add_((1 - self.config.std_momentum) * rms)
+
+    # ---- training -------------------------------------------------------------------------------------
+    def stage(self) -> str:
+        """Which parts train at the current step: joint, base or refiner."""
+        if self.config.schedule == "joint":
+            return "joint"
+        return "base" if int(self.step) < self.config.base_steps else "refiner"
+
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
+        stage, metrics = self.stage(), {}
+        loss = x_1.new_zeros(())
+        if stage in ("joint", "base"):
+            base_out = self.base.loss(cond, x_1, mask)
+            loss = loss + base_out.loss
+            metrics["base_loss"] = base_out.loss.item()
+        b = self.base_prediction(cond)
+        self._update_sigma(b, x_1, mask)
+        metrics["base_mae"] = masked_mean((b - x_1).abs(), mask).item()
+        metrics["sigma"] = self.sigma.mean().item()
+        if stage in ("joint", "refiner"):
+            refine = self._refine_loss(cond, b, x_1, mask)
+            loss = loss + refine
+            metrics["refine_loss"] = refine.item()
+        if self.training:
+            self.step += 1
+        metrics["loss"] = loss.item()
+        return DecoderLoss(loss, metrics)
+
+    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
+        b = repeat_samples(self.base_prediction(cond), k)
+        x = self._refine_sample(repeat_samples(cond, k), b, steps, generator)
+        return x.view(cond.shape[0], k, *self.config.target_shape)
+
+    def _refine_loss(self, cond: Tensor, b: Tensor, x_1: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _refine_sample(self, cond: Tensor, b: Tensor, steps, generator) -> Tensor:
+        raise NotImplementedError
+
+    def _velocity(self, cond: Tensor, b: Tensor):
+        """The refiner as a field over coordinates: (c [N, T, D], t [N]) -> [N, T, D]."""
+        return lambda c, t: self.refiner(cond, torch.cat([c, b], dim=-1), t)
+
+
+@dataclass
+class ResidualFlowConfig(FlowOptions, ResidualOptions, DecoderConfig):
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_flow()
+        self.check_residual()
+
+
+@register_decoder
+class ResidualFlowDecoder(ResidualDecoder):
+    name = "residual_flow"
+    summary = "DRIFT: base predictor + flow-matching refiner of the residual; NFE = base + steps"
+    config_class = ResidualFlowConfig
+
+    def _refine_loss(self, cond, b, x_1, mask):
+        c_0, c_1 = self.to_coords(self.source(b), b), self.to_coords(x_1, b)
+        t = sample_time(self.config.time_sampler, x_1.shape[0], x_1)
+        return flow_matching_loss(self._velocity(cond, b), c_0, c_1, t, mask)
+
+    def _refine_sample(self, cond, b, steps, generator):
+        c_0 = self.to_coords(self.source(b, generator), b)
+        return self.from_coords(euler(self._velocity(cond, b), c_0, steps or self.config.steps), b)
+
+    def nfe(self, steps: int | None = None) -> int:
+        return self.base.nfe() + (steps or self.config.steps)
+
+
+@dataclass
+class ResidualDriftConfig(DriftOptions, ResidualOptions, DecoderConfig):
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_drift()
+        self.check_residual()
+
+
+@register_decoder
+class ResidualDriftDecoder(ResidualDecoder):
+    name = "residual_drift"
+    summary = "new: base predictor + one-step drifting refiner of the residual; NFE = base + 1"
+    config_class = ResidualDriftConfig
+
+    def _generate(self, cond, b, generator=None):
+        """One step from the source in coordinates: c = c_0 + v(c_0, t=0)."""
+        c_0 = self.to_coords(self.source(b, generator), b)
+        t = torch.zeros(c_0.shape[0], device=c_0.device, dtype=c_0.dtype)
+        return c_0 + self._velocity(cond, b)(c_0, t)
+
+    def _refine_loss(self, cond, b, x_1, mask):
+        g = self.config.train_samples
+        c = self._generate(repeat_samples(cond, g), repeat_samples(b, g))  # [B * G, T, D]
+        c = c.view(x_1.shape[0], g, *x_1.shape[1:])
+        return self.config.drift_loss(c, self.to_coords(x_1, b), mask)
+
+    def _refine_sample(self, cond, b, steps, generator):
+        return self.from_coords(self._generate(cond, b, generator), b)
+
+    def nfe(self, steps: int | None = None) -> int:
+        return self.base.nfe() + 1

@@ -1,0 +1,70 @@
+"""Tokens: per-position classification over uniform bins (OpenVLA), decoded to bin centres.
+
+Targets are quantile-normalised to [-1, 1] by default, so the bins cover the data's 1st-99th percentile.
+All positions are predicted in parallel from one network evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
+from driftkit.decoders.registry import register_decoder
+from driftkit.errors import check_positive
+from driftkit.ops import masked_mean
+from driftkit.tokenizers import UniformBins
+
+
+@dataclass
+class TokensConfig(DecoderConfig):
+    num_bins: int = 256
+    """Uniform bins over the normalised range [-1, 1]."""
+    temperature: float = 0.0
+    """0 decodes the most likely bin; > 0 samples bins independently per position at this temperature."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive("num_bins", self.num_bins)
+        check_positive("temperature", self.temperature, allow_zero=True)
+
+
+@register_decoder
+class TokensDecoder(Decoder):
+    name = "tokens"
+    summary = "classification over uniform bins (OpenVLA), decoded to bin centres; 1 NFE"
+    config_class = TokensConfig
+    default_normalization = "quantile"
+
+    def __init__(self, config: TokensConfig):
+        super().__init__(config)
+        self.bins = UniformBins(config.num_bins)
+        self.net = self._net(in_dim=0, out_dim=config.dim * config.num_bins, use_time=False)
+
+    def logits(self, cond: Tensor) -> Tensor:
+        """cond [B, C] -> [B, T, D, num_bins]."""
+        t, d = self.config.target_shape
+        return self.net(cond).view(cond.shape[0], t, d, self.config.num_bins)
+
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
+        logits = self.logits(cond)
+        ce = F.cross_entropy(logits.flatten(0, 2), self.bins.encode(x_1).flatten(), reduction="none")
+        loss = masked_mean(ce.view_as(x_1), mask)
+        acc = masked_mean((logits.argmax(-1) == self.bins.encode(x_1)).float(), mask)
+        return DecoderLoss(loss, {"loss": loss.item(), "token_acc": acc.item()})
+
+    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
+        logits = self.logits(cond)  # [B, T, D, V]
+        if self.config.temperature == 0:
+            ids = logits.argmax(-1).unsqueeze(1).expand(-1, k, -1, -1)
+        else:
+            probs = F.softmax(logits / self.config.temperature, dim=-1)
+            flat = probs.unsqueeze(1).expand(-1, k, -1, -1, -1).reshape(-1, probs.shape[-1])
+            ids = torch.multinomial(flat, 1, generator=generator).view(cond.shape[0], k, *logits.shape[1:3])
+        return self.bins.decode(ids).to(logits.dtype)
+
+    def nfe(self, steps: int | None = None) -> int:
+        return 1

@@ -1,0 +1,100 @@
+"""The drifting loss (Deng et al. 2026) with Drift-VLA's groupings of action chunks.
+
+One matching problem: G live samples x_i [S] and P positives (demonstrations) y_j [S] of one observation.
+The drift field V_i pulls sample i toward the positives and pushes it away from its siblings; the loss
+regresses the live samples onto the detached target x/s + V, so d loss / d x_i = -(2 / (G S s)) V_i.
+See ../shared/notes/drifting-and-keystone.md; every statistic is computed in float32 without gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from driftkit.errors import check_choice
+
+GROUPINGS = ("action_dim", "timestep", "chunk")
+TEMPERATURES = (0.02, 0.05, 0.2)
+_SELF_PENALTY = 100.0
+
+
+@dataclass
+class DriftField:
+    """Result of one batch of matching problems [P groups, N observations]."""
+
+    V: Tensor
+    """[P, N, G, S] drift direction per sample (zero for invalid observations)."""
+    s: Tensor
+    """[P] per-group scale, mean pairwise distance / sqrt(S), floored at 1e-3."""
+
+
+def group_chunks(chunks: Tensor, mask: Tensor, grouping: str) -> tuple[Tensor, Tensor]:
+    """Arrange chunks [B, G, T, D] (mask [B, T, D]) into matching problems.
+
+    -> (features [P, B, G, S], valid [P, B]) with padded entries zeroed:
+    action_dim: P = D, S = T (each dim's trajectory); timestep: P = T, S = D; chunk: P = 1, S = T * D.
+    """
+    check_choice("grouping", grouping, GROUPINGS)
+    x = chunks * mask.unsqueeze(1).to(chunks.dtype)
+    if grouping == "action_dim":
+        return x.permute(3, 0, 1, 2), mask.any(dim=1).T
+    if grouping == "timestep":
+        return x.permute(2, 0, 1, 3), mask.any(dim=2).T
+    return x.flatten(2).unsqueeze(0), mask.flatten(1).any(dim=1).unsqueeze(0)
+
+
+@torch.no_grad()
+def drift_field(x: Tensor, pos: Tensor, valid: Tensor, temperatures=TEMPERATURES) -> DriftField:
+    """x [P, N, G, S] live samples (detached), pos [P, N, Q, S] positives, valid [P, N] bool."""
+    x, pos = x.float(), pos.float()
+    G, S = x.shape[2], x.shape[3]
+    w_obs = valid.float()[..., None, None]  # [P, N, 1, 1]
+    n_valid = w_obs.sum(dim=1).clamp_min(1.0)  # [P, 1, 1]
+    y = torch.cat([x, pos], dim=2)  # [P, N, G + Q, S], siblings first
+    d = (x.unsqueeze(3) - y.unsqueeze(2)).square().sum(-1).clamp_min(1e-8).sqrt()  # [P, N, G, G + Q]
+    scale = (d * w_obs).sum(dim=(1, 2, 3)) / (n_valid.view(-1) * d.shape[2] * d.shape[3])  # [P]
+    s = (scale / S**0.5).clamp_min(1e-3)
+    dn = d / scale.clamp_min(1e-3).view(-1, 1, 1, 1)
+    dn[..., :G] += _SELF_PENALTY * torch.eye(G, device=x.device)
+    V = torch.zeros_like(x)
+    for r in temperatures:
+        logits = -dn / r
+        a = (logits.softmax(dim=-1) * logits.softmax(dim=-2)).clamp_min(1e-6).sqrt()
+        a_neg, a_pos = a[..., :G], a[..., G:]
+        w = torch.cat([-a_neg * a_pos.sum(-1, keepdim=True), a_pos * a_neg.sum(-1, keepdim=True)], dim=-1)
+        # Rows of w sum to zero, so sum_j w_ij (y_j - x_i) / s = (w @ y)_i / s.
+        force = (w @ y) / s.view(-1, 1, 1, 1) * w_obs
+        rms = ((force.square().sum(dim=(1, 2, 3)) / (n_valid.view(-1) * G * S)).clamp_min(1e-8)).sqrt()
+        V += force / rms.view(-1, 1, 1, 1)
+    return DriftField(V, s)
+
+
+def drifting_loss(
+    gen: Tensor,
+    target: Tensor,
+    mask: Tensor,
+    grouping: str = "action_dim",
+    temperatures=TEMPERATURES,
+    scale_weighting: bool = False,
+    fp32_target: bool = True,
+) -> Tensor:
+    """gen [B, G, T, D] live samples (with gradient); target [B, T, D] demonstrations; mask [B, T, D].
+
+    scale_weighting multiplies each group's loss by its detached scale s, making the gradient's size
+    independent of s (a deviation from the reference code, off by default; see the notes).
+    fp32_target computes the drift target in float32 with autocast off (Drift-VLA's guard).
+    """
+    x, valid = group_chunks(gen, mask, grouping)  # [P, B, G, S]
+    pos, _ = group_chunks(target.unsqueeze(1).to(gen.dtype), mask, grouping)  # [P, B, 1, S]
+    with torch.autocast(device_type=gen.device.type, enabled=False):
+        field = drift_field(x.detach(), pos.detach(), valid, temperatures)
+        s = field.s.view(-1, 1, 1, 1)
+        x_live = x.float() if fp32_target else x
+        goal = (x.detach().float() / s + field.V).to(x_live.dtype)
+        per_obs = (x_live / s.to(x_live.dtype) - goal).square().mean(dim=(2, 3))  # [P, B]
+    if scale_weighting:
+        per_obs = per_obs * field.s.view(-1, 1)
+    valid_f = valid.to(per_obs.dtype)
+    return (per_obs * valid_f).sum() / valid_f.sum().clamp_min(1.0)

@@ -1,0 +1,30 @@
+"""Small tensor helpers used by several decoders: masked reductions and sample repetition."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of x over the entries where mask is True (mask broadcasts to x). 0 if nothing is real."""
+    if mask is None:
+        return x.mean()
+    mask = mask.expand_as(x).to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def repeat_samples(x: Tensor, k: int) -> Tensor:
+    """[B, ...] -> [B * k, ...], each row repeated k times in a row (sample-major within a batch item)."""
+    return x.repeat_interleave(k, dim=0)
+
+
+def randn(shape, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Gaussian noise on like's device, float32 or like's float dtype, reproducible with a generator."""
+    dtype = like.dtype if torch.is_floating_point(like) else torch.float32
+    return torch.randn(shape, generator=generator, device=like.device, dtype=dtype)
+
+
+def rand(shape, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    dtype = like.dtype if torch.is_floating_point(like) else torch.float32
+    return torch.rand(shape, generator=generator, device=like.device, dtype=dtype)
