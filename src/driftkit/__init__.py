@@ -6,7 +6,9 @@
 """
 
 from driftkit.decoders import Decoder, DecoderConfig, DecoderLoss, list_decoders, make_decoder, register_decoder
+from driftkit.decoders.io import load_decoder, save_decoder
 from driftkit.normalize import NormStats
+from driftkit.selection import Selection, best_of_k, keystone, medoid
 
 __version__ = "0.1.0"
 
@@ -15,7 +17,13 @@ __all__ = [
     "DecoderConfig",
     "DecoderLoss",
     "NormStats",
+    "Selection",
+    "best_of_k",
+    "keystone",
+    "medoid",
     "list_decoders",
+    "load_decoder",
+    "save_decoder",
     "make_decoder",
     "register_decoder",
 ]

@@ -10,7 +10,7 @@ from torch import Tensor
 from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
 from driftkit.decoders.registry import register_decoder
 from driftkit.errors import check_choice, check_positive
-from driftkit.flow import TIME_SAMPLERS, euler, flow_matching_loss, sample_time
+from driftkit.flow import PREDICTIONS, TIME_SAMPLERS, as_velocity, euler, flow_matching_loss, sample_time
 from driftkit.ops import randn, repeat_samples
 
 
@@ -22,10 +22,23 @@ class FlowOptions:
     """Default Euler steps per sample() call (override per call with `steps=`)."""
     time_sampler: str = "beta"
     """uniform, or beta: pi0/SmolVLA's Beta(1.5, 1) that favours the noisy end."""
+    prediction: str = "velocity"
+    """What the network outputs: velocity (pi0/SmolVLA) or data (an x_1 estimate, turned into a velocity)."""
 
     def check_flow(self):
         check_positive("steps", self.steps)
         check_choice("time_sampler", self.time_sampler, TIME_SAMPLERS)
+        check_choice("prediction", self.prediction, PREDICTIONS)
+
+    def flow_loss(self, model, x_0: Tensor, x_1: Tensor, mask: Tensor) -> Tensor:
+        """Flow-matching loss of model(x_t, t) on the path from x_0 to x_1 [N, T, D]."""
+        t = sample_time(self.time_sampler, x_1.shape[0], x_1)
+        return flow_matching_loss(model, x_0, x_1, t, mask, self.prediction)
+
+    def integrate(self, model, x_0: Tensor, steps: int | None) -> Tensor:
+        """Euler-integrate model's field from x_0 [N, T, D] at t = 0 to t = 1."""
+        field = lambda x, t: as_velocity(model(x, t), x, t, self.prediction)  # noqa: E731
+        return euler(field, x_0, steps or self.steps)
 
 
 @dataclass
@@ -46,15 +59,13 @@ class FlowDecoder(Decoder):
         self.net = self._net(in_dim=config.dim, out_dim=config.dim, use_time=True)
 
     def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
-        x_0 = randn(x_1.shape, x_1)
-        t = sample_time(self.config.time_sampler, x_1.shape[0], x_1)
-        loss = flow_matching_loss(lambda x, s: self.net(cond, x, s), x_0, x_1, t, mask)
+        loss = self.config.flow_loss(lambda x, t: self.net(cond, x, t), randn(x_1.shape, x_1), x_1, mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
     def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
         cond_k = repeat_samples(cond, k)
         x_0 = randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
-        x_1 = euler(lambda x, t: self.net(cond_k, x, t), x_0, steps or self.config.steps)
+        x_1 = self.config.integrate(lambda x, t: self.net(cond_k, x, t), x_0, steps)
         return x_1.view(cond.shape[0], k, *self.config.target_shape)
 
     def nfe(self, steps: int | None = None) -> int:

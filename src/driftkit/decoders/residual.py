@@ -26,7 +26,6 @@ from driftkit.decoders.drift import DriftOptions
 from driftkit.decoders.flow import FlowOptions
 from driftkit.decoders.registry import make_decoder, register_decoder
 from driftkit.errors import check_choice, check_positive
-from driftkit.flow import euler, flow_matching_loss, sample_time
 from driftkit.normalize import NormStats
 from driftkit.ops import masked_mean, randn, repeat_samples
 
@@ -150,8 +149,8 @@ class ResidualDecoder(Decoder):
     def _refine_sample(self, cond: Tensor, b: Tensor, steps, generator) -> Tensor:
         raise NotImplementedError
 
-    def _velocity(self, cond: Tensor, b: Tensor):
-        """The refiner as a field over coordinates: (c [N, T, D], t [N]) -> [N, T, D]."""
+    def _refiner_fn(self, cond: Tensor, b: Tensor):
+        """The refiner as a function of coordinates: (c [N, T, D], t [N]) -> [N, T, D]."""
         return lambda c, t: self.refiner(cond, torch.cat([c, b], dim=-1), t)
 
 
@@ -171,12 +170,11 @@ class ResidualFlowDecoder(ResidualDecoder):
 
     def _refine_loss(self, cond, b, x_1, mask):
         c_0, c_1 = self.to_coords(self.source(b), b), self.to_coords(x_1, b)
-        t = sample_time(self.config.time_sampler, x_1.shape[0], x_1)
-        return flow_matching_loss(self._velocity(cond, b), c_0, c_1, t, mask)
+        return self.config.flow_loss(self._refiner_fn(cond, b), c_0, c_1, mask)
 
     def _refine_sample(self, cond, b, steps, generator):
         c_0 = self.to_coords(self.source(b, generator), b)
-        return self.from_coords(euler(self._velocity(cond, b), c_0, steps or self.config.steps), b)
+        return self.from_coords(self.config.integrate(self._refiner_fn(cond, b), c_0, steps), b)
 
     def nfe(self, steps: int | None = None) -> int:
         return self.base.nfe() + (steps or self.config.steps)
@@ -200,7 +198,7 @@ class ResidualDriftDecoder(ResidualDecoder):
         """One step from the source in coordinates: c = c_0 + v(c_0, t=0)."""
         c_0 = self.to_coords(self.source(b, generator), b)
         t = torch.zeros(c_0.shape[0], device=c_0.device, dtype=c_0.dtype)
-        return c_0 + self._velocity(cond, b)(c_0, t)
+        return c_0 + self._refiner_fn(cond, b)(c_0, t)
 
     def _refine_loss(self, cond, b, x_1, mask):
         g = self.config.train_samples

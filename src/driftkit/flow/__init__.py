@@ -5,8 +5,8 @@ Time convention, used everywhere in driftkit: t = 0 is the source (noise), t = 1
 pi0 and SmolVLA write the same path with t flipped (t = 1 is noise); their time sampler is mirrored here.
 """
 
-from driftkit.flow.path import flow_matching_loss, interpolate, target_velocity
+from driftkit.flow.path import PREDICTIONS, as_velocity, flow_matching_loss, interpolate, target_velocity
 from driftkit.flow.solver import euler
 from driftkit.flow.time import TIME_SAMPLERS, sample_time
 
-__all__ = ["TIME_SAMPLERS", "euler", "flow_matching_loss", "interpolate", "sample_time", "target_velocity"]
+__all__ = ["PREDICTIONS", "TIME_SAMPLERS", "as_velocity", "euler", "flow_matching_loss", "interpolate", "sample_time", "target_velocity"]

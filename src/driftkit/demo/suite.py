@@ -1,0 +1,101 @@
+"""`driftkit demo`: train every decoder on the built-in tasks, print one table, write a plot and JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from driftkit.demo.runner import Scores, TrainSettings, evaluate, train_decoder
+from driftkit.demo.tasks import make_task
+
+
+@dataclass
+class Entry:
+    """One row of the demo: a decoder, its options, and how it is sampled at evaluation."""
+
+    label: str
+    decoder: str
+    options: dict = field(default_factory=dict)
+    steps: int | None = None
+    """Sampling steps override (e.g. flow truncated to 1 step)."""
+    reuse: str | None = None
+    """Label of an entry whose trained model this row evaluates differently (no retraining)."""
+    batch_size: int | None = None
+
+
+ENTRIES = [
+    Entry("regression", "regression"),
+    Entry("tokens", "tokens"),
+    Entry("flow", "flow"),
+    Entry("flow (1 step)", "flow", steps=1, reuse="flow"),
+    Entry("residual_flow", "residual_flow"),
+    Entry("residual_flow[tokens]", "residual_flow", {"base": "tokens", "base_options": {"num_bins": 16}}),
+    Entry("drift", "drift", batch_size=128),
+    Entry("residual_drift", "residual_drift", batch_size=128),
+    Entry("discrete_flow", "discrete_flow"),
+]
+
+
+@dataclass
+class SuiteSettings:
+    tasks: tuple[str, ...] = ("bimodal", "precision")
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=1200, batch_size=256))
+    eval_samples: int = 500
+    k: int = 8
+    out_dir: str = "outputs/demo"
+
+
+@dataclass
+class SuiteRun:
+    rows: list[dict]
+    """One result per (task, entry)."""
+    models: dict
+    """(task, entry label) -> trained decoder."""
+
+
+def run_suite(settings: SuiteSettings, entries: list[Entry] = ENTRIES, progress: bool = True) -> SuiteRun:
+    """Train and score every entry on every task."""
+    rows, models = [], {}
+    for task_name in settings.tasks:
+        task = make_task(task_name)
+        for entry in entries:
+            key = (task_name, entry.reuse or entry.label)
+            start = time.perf_counter()
+            if key not in models:
+                train = TrainSettings(**{**asdict(settings.train), "batch_size": entry.batch_size or settings.train.batch_size})
+                models[key] = train_decoder(entry.decoder, task, train, progress=progress, **entry.options)
+            seconds = time.perf_counter() - start
+            scores = evaluate(models[key], task, n=settings.eval_samples, k=settings.k, steps=entry.steps)
+            rows.append({"task": task_name, "decoder": entry.label, "train_s": seconds, **asdict(scores)})
+            if progress:
+                print(format_row(rows[-1]), flush=True)
+    return SuiteRun(rows, models)
+
+
+HEADER = "| task | decoder | err (1 sample) | err (best of K) | on-mode % | mode shares % | NFE | ms/chunk | train s |"
+
+
+def format_row(r: dict) -> str:
+    shares = "/".join(f"{100 * s:.0f}" for s in r["mode_share"])
+    return (f"| {r['task']} | {r['decoder']} | {r['err']:.4f} | {r['err_best_of_k']:.4f} | {100 * r['on_mode']:.1f} "
+            f"| {shares} | {r['nfe']} | {r['ms_per_chunk']:.2f} | {r['train_s']:.0f} |")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    sep = "|" + "---|" * (HEADER.count("|") - 1)
+    return "\n".join([HEADER, sep, *map(format_row, rows)])
+
+
+def write_results(run: SuiteRun, settings: SuiteSettings) -> Path:
+    out = Path(settings.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"settings": asdict(settings), "rows": run.rows}, indent=2))
+    (out / "results.md").write_text(markdown_table(run.rows) + "\n")
+    from driftkit.demo.plot import plot_suite  # matplotlib only when writing
+
+    plot_suite(run.rows, run.models, make_task("bimodal"), out / "demo.png")
+    return out
