@@ -20,7 +20,7 @@ def _decoder(name, target_shape=(4, 2), cond_dim=6, **options):
 
 def test_registry_lists_every_decoder_of_the_family():
     assert set(driftkit.list_decoders()) == {
-        "regression", "tokens", "flow", "residual_flow", "drift", "residual_drift", "discrete_flow"
+        "regression", "tokens", "lm_tokens", "flow", "residual_flow", "drift", "residual_drift", "discrete_flow"
     }
     assert all(summary for summary in driftkit.list_decoders().values())
 

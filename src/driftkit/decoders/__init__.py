@@ -2,7 +2,7 @@
 
 from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
 from driftkit.decoders.registry import DECODERS, decoder_class, list_decoders, make_decoder, register_decoder
-from driftkit.decoders import regression, tokens, flow, drift, residual, discrete_flow  # noqa: F401  (registration)
+from driftkit.decoders import regression, tokens, lm_tokens, flow, drift, residual, discrete_flow  # noqa: F401
 
 __all__ = [
     "DECODERS",

@@ -24,9 +24,13 @@ class FlowOptions:
     """uniform, or beta: pi0/SmolVLA's Beta(1.5, 1) that favours the noisy end."""
     prediction: str = "velocity"
     """What the network outputs: velocity (pi0/SmolVLA) or data (an x_1 estimate, turned into a velocity)."""
+    temperature: float = 1.0
+    """Scale of the source noise at sampling: 1 samples the learned distribution, 0 integrates from the
+    source mean (deterministic; suits targets with one right answer, such as boxes and moments)."""
 
     def check_flow(self):
         check_positive("steps", self.steps)
+        check_positive("temperature", self.temperature, allow_zero=True)
         check_choice("time_sampler", self.time_sampler, TIME_SAMPLERS)
         check_choice("prediction", self.prediction, PREDICTIONS)
 
@@ -64,7 +68,7 @@ class FlowDecoder(Decoder):
 
     def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
         cond_k = repeat_samples(cond, k)
-        x_0 = randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
+        x_0 = self.config.temperature * randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
         x_1 = self.config.integrate(lambda x, t: self.net(cond_k, x, t), x_0, steps)
         return x_1.view(cond.shape[0], k, *self.config.target_shape)
 

@@ -99,9 +99,9 @@ class ResidualDecoder(Decoder):
     def from_coords(self, c: Tensor, b: Tensor) -> Tensor:
         return b + self.sigma * c if self.config.parameterization == "residual" else c
 
-    def source(self, b: Tensor, generator=None) -> Tensor:
-        """x_0 = b + sigma * eps in target units, [N, T, D]."""
-        return b + self.sigma * randn(b.shape, b, generator)
+    def source(self, b: Tensor, generator=None, temperature: float = 1.0) -> Tensor:
+        """x_0 = b + temperature * sigma * eps in target units, [N, T, D]."""
+        return b + temperature * self.sigma * randn(b.shape, b, generator)
 
     def _update_sigma(self, b: Tensor, x_1: Tensor, mask: Tensor) -> None:
         if self.config.source_std is not None or not self.training:
@@ -173,7 +173,7 @@ class ResidualFlowDecoder(ResidualDecoder):
         return self.config.flow_loss(self._refiner_fn(cond, b), c_0, c_1, mask)
 
     def _refine_sample(self, cond, b, steps, generator):
-        c_0 = self.to_coords(self.source(b, generator), b)
+        c_0 = self.to_coords(self.source(b, generator, self.config.temperature), b)
         return self.from_coords(self.config.integrate(self._refiner_fn(cond, b), c_0, steps), b)
 
     def nfe(self, steps: int | None = None) -> int:
@@ -194,9 +194,9 @@ class ResidualDriftDecoder(ResidualDecoder):
     summary = "new: base predictor + one-step drifting refiner of the residual; NFE = base + 1"
     config_class = ResidualDriftConfig
 
-    def _generate(self, cond, b, generator=None):
+    def _generate(self, cond, b, generator=None, temperature: float = 1.0):
         """One step from the source in coordinates: c = c_0 + v(c_0, t=0)."""
-        c_0 = self.to_coords(self.source(b, generator), b)
+        c_0 = self.to_coords(self.source(b, generator, temperature), b)
         t = torch.zeros(c_0.shape[0], device=c_0.device, dtype=c_0.dtype)
         return c_0 + self._refiner_fn(cond, b)(c_0, t)
 
@@ -207,7 +207,7 @@ class ResidualDriftDecoder(ResidualDecoder):
         return self.config.drift_loss(c, self.to_coords(x_1, b), mask)
 
     def _refine_sample(self, cond, b, steps, generator):
-        return self.from_coords(self._generate(cond, b, generator), b)
+        return self.from_coords(self._generate(cond, b, generator, self.config.temperature), b)
 
     def nfe(self, steps: int | None = None) -> int:
         return self.base.nfe() + 1

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from driftkit.decoders import Decoder, make_decoder
 from driftkit.demo.tasks import Task
-from driftkit.selection import best_of_k
+from driftkit.selection import best_of_k, keystone
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Scores:
 
     err: float
     """First sample's distance to the nearest mode of the true distribution."""
+    err_keystone: float
+    """KeyStone's choice among K samples (C = 2 clusters), distance to the nearest mode."""
     err_best_of_k: float
     """Oracle best of K samples, distance to the drawn target."""
     on_mode: float
@@ -86,8 +88,10 @@ def evaluate(dec: Decoder, task: Task, n: int = 1000, k: int = 8, steps: int | N
     on = nearest < tol
     shares = [float(((which == m) & on).sum() / on.sum().clamp_min(1)) for m in range(batch.modes.shape[1])]
     best = best_of_k(samples, batch.target).chunk
+    chosen = keystone(samples, clusters=2).chunk
     return Scores(
         err=float(nearest[:, 0].mean()),
+        err_keystone=float(_rms(chosen.unsqueeze(1), batch.modes).min(-1).values.mean()),
         err_best_of_k=float(_rms(best, batch.target).mean()),
         on_mode=float(on.float().mean()),
         mode_share=shares,

@@ -76,12 +76,12 @@ def run_suite(settings: SuiteSettings, entries: list[Entry] = ENTRIES, progress:
     return SuiteRun(rows, models)
 
 
-HEADER = "| task | decoder | err (1 sample) | err (best of K) | on-mode % | mode shares % | NFE | ms/chunk | train s |"
+HEADER = "| task | decoder | err (1 sample) | err (KeyStone K) | err (best of K) | on-mode % | mode shares % | NFE | ms/chunk | train s |"
 
 
 def format_row(r: dict) -> str:
     shares = "/".join(f"{100 * s:.0f}" for s in r["mode_share"])
-    return (f"| {r['task']} | {r['decoder']} | {r['err']:.4f} | {r['err_best_of_k']:.4f} | {100 * r['on_mode']:.1f} "
+    return (f"| {r['task']} | {r['decoder']} | {r['err']:.4f} | {r['err_keystone']:.4f} | {r['err_best_of_k']:.4f} | {100 * r['on_mode']:.1f} "
             f"| {shares} | {r['nfe']} | {r['ms_per_chunk']:.2f} | {r['train_s']:.0f} |")
 
 

@@ -1,0 +1,168 @@
+"""Latency per action chunk with a VLM backbone: prefix encoding vs decoder passes, every decoder, K=1 and 8.
+
+    python benchmarks/backbone_latency.py                                  # all tiny presets, CPU
+    python benchmarks/backbone_latency.py --device cuda --presets qwen2_5_vl-mid --dtype bfloat16
+
+One chunk = one observation (B = 1). "prefix" is the backbone: image + prompt into a KV cache, then the
+query-token pass ("prefix, K cache copies": the same with the cache repeated K times before the query pass). "decoder" is decoder.sample(cond, K) over the query states with the "expert" net at each
+decoder's default steps. KeyStone (driftkit.selection.keystone, when present) selects one of the K=8 samples.
+Times are medians over --repeats runs after --warmup runs. Prints a markdown table and writes JSON to
+benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+import driftkit.nets.expert  # noqa: F401  (registers "expert")
+from driftkit import list_decoders, make_decoder
+from driftkit.backbones import Backbone, VLMPolicy, list_presets
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=[n for n in list_presets() if n.endswith("-tiny")])
+    p.add_argument("--decoders", nargs="+", default=None, help="default: every registered decoder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", help="backbone weights: float32, bfloat16, float16")
+    p.add_argument("--ks", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--horizon", type=int, default=8)
+    p.add_argument("--action-dim", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/backbone_latency_<device>.json)")
+    return p.parse_args(argv)
+
+
+class Timer:
+    def __init__(self, device: str, repeats: int, warmup: int):
+        self.cuda = device.startswith("cuda")
+        self.repeats, self.warmup = repeats, warmup
+
+    def __call__(self, fn) -> tuple[float, object]:
+        """Median milliseconds of fn() and its last result."""
+        out, times = None, []
+        for i in range(self.warmup + self.repeats):
+            if self.cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = fn()
+            if self.cuda:
+                torch.cuda.synchronize()
+            if i >= self.warmup:
+                times.append(1e3 * (time.perf_counter() - start))
+        return statistics.median(times), out
+
+
+def keystone_fn():
+    try:
+        from driftkit.selection.keystone import keystone
+    except ImportError:
+        return None
+    return keystone
+
+
+def bench_preset(preset: str, names: list[str], args, timer: Timer) -> list[dict]:
+    t, d = args.horizon, args.action_dim
+    backbone = Backbone.from_preset(preset, num_query_tokens=t * d, dtype=args.dtype).to(args.device).eval()
+    side = backbone.image_size
+    image = [np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)]
+    prompt = ["pick up the red block and place it in the bowl"]
+    h = backbone.hidden_size
+    keystone = keystone_fn()
+
+    def prefix_pass():
+        return backbone.encode_queries(backbone.encode_prefix(image, prompt))
+
+    def repeated_prefix_pass(k):
+        return backbone.encode_queries(backbone.encode_prefix(image, prompt), repeats=k)
+
+    with torch.no_grad():
+        prefix_ms, feats = timer(prefix_pass)
+        # the query pass run for K copies of the cache (VLMPolicy.sample(..., repeat_cache=True))
+        repeat_ms = {k: timer(lambda: repeated_prefix_pass(k))[0] for k in args.ks}
+        rows = []
+        for name in names:
+            dec = make_decoder(name, cond_dim=h, target_shape=(t, d), net="expert")
+            dec.fit_normalizer(torch.randn(64, t, d))
+            policy = VLMPolicy(backbone, dec.to(args.device).eval(), cond="query")
+            cond = policy.condition(feats)
+            for k in args.ks:
+                dec_ms, samples = timer(lambda: dec.sample(cond, num_samples=k))
+                row = dict(preset=preset, decoder=name, k=k, nfe=dec.nfe(), prefix_ms=prefix_ms, decoder_ms=dec_ms,
+                           total_ms=prefix_ms + dec_ms, prefix_k_copies_ms=repeat_ms[k], keystone_ms=None)
+                if keystone is not None and k > 1:
+                    row["keystone_ms"], _ = timer(lambda: keystone(samples))
+                rows.append(row)
+    del backbone
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """10-step flow over 1-step drift, per preset and K: decoder-only and whole chunk."""
+    out = []
+    index = {(r["preset"], r["decoder"], r["k"]): r for r in rows}
+    for (preset, name, k), flow in index.items():
+        drift = index.get((preset, "drift", k))
+        if name != "flow" or drift is None:
+            continue
+        out.append(dict(preset=preset, k=k, flow_nfe=flow["nfe"], drift_nfe=drift["nfe"],
+                        decoder_ratio=flow["decoder_ms"] / drift["decoder_ms"],
+                        chunk_ratio=flow["total_ms"] / drift["total_ms"]))
+    return out
+
+
+def markdown(rows: list[dict], ratio_rows: list[dict]) -> str:
+    lines = ["| preset | decoder | K | NFE | prefix ms | prefix, K cache copies ms | decoder ms | total ms | "
+             "KeyStone ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ks = "-" if r["keystone_ms"] is None else f"{r['keystone_ms']:.2f}"
+        lines.append(f"| {r['preset']} | {r['decoder']} | {r['k']} | {r['nfe']} | {r['prefix_ms']:.2f} | "
+                     f"{r['prefix_k_copies_ms']:.2f} | {r['decoder_ms']:.2f} | {r['total_ms']:.2f} | {ks} |")
+    lines += ["", "| preset | K | flow NFE / drift NFE | flow / drift, decoder | flow / drift, whole chunk |",
+              "|---|---|---|---|---|"]
+    for r in ratio_rows:
+        lines.append(f"| {r['preset']} | {r['k']} | {r['flow_nfe']} / {r['drift_nfe']} | "
+                     f"{r['decoder_ratio']:.2f}x | {r['chunk_ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = args.decoders or sorted(list_decoders())
+    timer = Timer(args.device, args.repeats, args.warmup)
+    rows = [r for preset in args.presets for r in bench_preset(preset, names, args, timer)]
+    ratio_rows = ratios(rows)
+    print(markdown(rows, ratio_rows))
+    import transformers
+
+    meta = dict(command="python " + " ".join([os.path.relpath(__file__)] + (argv or sys.argv[1:])),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                device=args.device, dtype=args.dtype, threads=args.threads, torch=torch.__version__,
+                transformers=transformers.__version__, machine=platform.processor() or platform.machine(),
+                gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+                chunk=[args.horizon, args.action_dim], batch=1, repeats=args.repeats,
+                keystone=keystone_fn() is not None)
+    os.makedirs(RESULTS, exist_ok=True)
+    path = args.out or os.path.join(RESULTS, f"backbone_latency_{args.device.split(':')[0]}.json")
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "rows": rows, "flow_over_drift": ratio_rows}, f, indent=2)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

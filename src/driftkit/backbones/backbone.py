@@ -1,0 +1,264 @@
+"""Backbone: a transformers VLM read out at appended query tokens.
+
+    bb = Backbone.from_preset("qwen2_5_vl-tiny", num_query_tokens=4)     # random tiny model, offline
+    bb = Backbone.from_pretrained("/ckpt/Qwen2.5-VL-3B", mode="lora")    # a local checkpoint
+    feats = bb.encode(images, prompts)            # one pass: .query [B, Q, H], .pooled [B, Q*H], .prefix
+    pre = bb.encode_prefix(images, prompts)       # image + prompt once, into a DynamicCache
+    feats = bb.encode_queries(pre, repeats=G)     # query tokens only, for G copies of each row
+
+The query tokens' embeddings live in `query_embed` (a small parameter swapped in by a hook on the input
+embedding), so they train whatever the mode while the LM's own embedding matrix stays as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from driftkit.backbones.config import BackboneConfig, VLMFeatures
+from driftkit.backbones.families import FAMILIES, IMAGE_SIZE, Family, family_of_model_type, get_family, list_presets
+from driftkit.backbones.families import torch_dtype
+from driftkit.backbones.inputs import PrefixInputs, check_batch, image_block, image_token_counts, process_images
+from driftkit.backbones.inputs import to_pil
+from driftkit.backbones.tokenizer import byte_level_tokenizer
+
+
+@dataclass
+class PrefixState:
+    """A cached prefix pass, reusable for several suffix passes."""
+
+    inputs: PrefixInputs
+    cache: object  # DynamicCache holding the prefix keys/values, batch B * copies
+    hidden: Tensor  # [B * copies, L, H] prefix states at the chosen layer
+    copies: int = 1  # how many times each row has been repeated in the cache so far
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: BackboneConfig, model: nn.Module, tokenizer, image_processor, image_size: int):
+        super().__init__()
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.image_processor, self.image_size = image_processor, image_size
+        self.family: Family = get_family(config.family)
+        self.base_vocab = model.get_output_embeddings().weight.shape[0]
+        strings = config.query_strings()
+        tokenizer.add_special_tokens({"additional_special_tokens": strings}, replace_extra_special_tokens=False)
+        self.query_ids: list[int] = tokenizer.convert_tokens_to_ids(strings)
+        if self.query_ids != list(range(self.query_ids[0], self.query_ids[0] + len(strings))):
+            raise ValueError(f"query tokens {strings[:3]}... got non-contiguous ids {self.query_ids[:3]}...; the "
+                             "tokenizer already knows some of them: pick another query_token format")
+        if max(self.query_ids) >= self.base_vocab:
+            model.resize_token_embeddings(max(self.query_ids) + 1, mean_resizing=False)
+        rows = model.get_input_embeddings().weight.detach()[self.query_ids].float().clone()
+        self.query_embed = nn.Parameter(rows)  # [Q, H]
+        model.get_input_embeddings().register_forward_hook(self._swap_query_embeddings)
+        self.special_ids = {role: tokenizer.convert_tokens_to_ids(s) for role, s in self.family.special_tokens.items()}
+        self._apply_mode()
+
+    # ---- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **options) -> "Backbone":
+        """A randomly initialised model from a named preset ("<family>-tiny" or "<family>-mid")."""
+        family_name, _, size = name.rpartition("-")
+        if family_name not in FAMILIES or size not in FAMILIES[family_name].presets:
+            raise ValueError(f"unknown backbone preset {name!r}; presets: {list_presets()}")
+        config = BackboneConfig(source=name, family=family_name, **options)
+        family = get_family(family_name)
+        tok = byte_level_tokenizer(list(dict.fromkeys(family.special_tokens.values())))
+        ids = {role: tok.convert_tokens_to_ids(s) for role, s in family.special_tokens.items()}
+        ids.update(pad=tok.pad_token_id, bos=tok.bos_token_id, eos=tok.eos_token_id, vocab=len(tok))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = family.load_class()(family.presets[size](ids))
+        model = model.to(torch_dtype(config.dtype)).eval()
+        image_size = IMAGE_SIZE[size]
+        return cls(config, model, tok, family.image_processor(size=image_size), image_size)
+
+    @classmethod
+    def from_pretrained(cls, path: str, family: str | None = None, **options) -> "Backbone":
+        """Load a local checkpoint directory (config.json, weights, tokenizer and image processor files)."""
+        if family is not None:
+            get_family(family)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"no checkpoint directory at {path!r} (from_pretrained loads local paths only)")
+        config_file = os.path.join(path, "config.json")
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"checkpoint directory {path!r} has no config.json")
+        if family is None:
+            with open(config_file) as f:
+                family = family_of_model_type(json.load(f).get("model_type"), path).name
+        fam = get_family(family)
+        config = BackboneConfig(source=path, family=family, **options)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        model = fam.load_class().from_pretrained(path, dtype=torch_dtype(config.dtype)).eval()
+        processor = fam.image_processor(path=path)
+        return cls(config, model, tok, processor, _processor_side(processor))
+
+    @classmethod
+    def from_config(cls, config: BackboneConfig | dict) -> "Backbone":
+        """Rebuild from a saved BackboneConfig (a preset name or a local path in `source`)."""
+        options = config.to_dict() if isinstance(config, BackboneConfig) else dict(config)
+        source, family = options.pop("source"), options.pop("family")
+        if source in list_presets():
+            return cls.from_preset(source, **options)
+        return cls.from_pretrained(source, family=family, **options)
+
+    def save_pretrained(self, path: str) -> None:
+        """Write a transformers checkpoint (model, tokenizer, image processor) that from_pretrained reloads."""
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+
+    def _apply_mode(self) -> None:
+        mode = self.config.mode
+        if mode == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha,
+                              target_modules=list(self.config.lora_targets), lora_dropout=0.0)
+            inject_adapter_in_model(lora, self.model)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(mode == "full" or (mode == "lora" and "lora_" in name))
+        self.query_embed.requires_grad_(True)
+
+    def _swap_query_embeddings(self, module, args, output: Tensor) -> Tensor:
+        ids = args[0]  # [B, S]
+        first, q = self.query_ids[0], len(self.query_ids)
+        is_query = (ids >= first) & (ids < first + q)
+        if not bool(is_query.any()):
+            return output
+        rows = self.query_embed.to(output.dtype)[(ids - first).clamp(0, q - 1)]
+        return torch.where(is_query[..., None], rows, output)
+
+    # ---- properties -------------------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def num_query_tokens(self) -> int:
+        return len(self.query_ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self.query_embed.device
+
+    def lm_head_rows(self, num_rows: int) -> tuple[Tensor, Tensor | None]:
+        """Weight [num_rows, H] (and bias or None) of the last num_rows ids of the original LM vocabulary."""
+        head = self.model.get_output_embeddings()
+        sl = slice(self.base_vocab - num_rows, self.base_vocab)
+        bias = None if head.bias is None else head.bias.detach()[sl]
+        return head.weight.detach()[sl], bias
+
+    # ---- inputs ------------------------------------------------------------------------------------------
+    def prepare(self, images, prompts) -> PrefixInputs:
+        """Check and lay out B (image, prompt) pairs: [pad.. | image block | prompt | query tokens]."""
+        check_batch(images, prompts)
+        fam, q = self.family, self.num_query_tokens
+        pils = [to_pil(im, i, fam.patch_multiple, fam.name) for i, im in enumerate(images)]
+        vision = process_images(fam, self.image_processor, pils)
+        counts = image_token_counts(fam, self.model.config, vision, len(pils))
+        reserved = set(self.special_ids.values()) | set(self.query_ids)
+        bos = self.tokenizer.bos_token_id
+        rows = []
+        for i, (prompt, n) in enumerate(zip(prompts, counts)):
+            text = self.config.prompt_format.replace("{prompt}", prompt)
+            text += "\n" if fam.name == "paligemma" else ""  # PaliGemma's prompts end with a newline
+            text = self.tokenizer(text, add_special_tokens=False).input_ids
+            if reserved.intersection(text):
+                raise ValueError(f"prompts[{i}] contains image or query special tokens; pass plain text: {prompt!r}")
+            row = image_block(fam, self.special_ids, n, bos) + text
+            if len(row) + q > self.config.max_length:
+                raise ValueError(
+                    f"prompts[{i}] needs {len(row)} tokens ({n} image + {len(row) - n} text) plus {q} query tokens "
+                    f"= {len(row) + q} > max_length={self.config.max_length}; shorten the prompt or raise max_length"
+                )
+            rows.append(row)
+        return self._pad(rows, vision)
+
+    def _pad(self, rows: list[list[int]], vision: dict) -> PrefixInputs:
+        b, l, q = len(rows), max(len(r) for r in rows), self.num_query_tokens
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((b, l + q), pad, dtype=torch.long)
+        mask = torch.zeros((b, l + q), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, l - len(r):l] = torch.tensor(r)
+            mask[i, l - len(r):] = 1
+        ids[:, l:] = torch.tensor(self.query_ids)
+        dev = self.device
+        ids, mask = ids.to(dev), mask.to(dev)
+        vision = {k: v.to(dev, self.model.dtype) if v.is_floating_point() else v.to(dev) for k, v in vision.items()}
+        extra = {}
+        if self.family.mrope:
+            extra["mm_token_type_ids"] = (ids == self.special_ids["image"]).int()
+            pos, _ = self.model.model.get_rope_index(
+                input_ids=ids, mm_token_type_ids=extra["mm_token_type_ids"],
+                image_grid_thw=vision["image_grid_thw"], attention_mask=mask,
+            )
+        else:
+            pos = (mask.cumsum(-1) - 1).clamp_min(0) + self.family.position_offset
+        if self.family.name == "paligemma":
+            extra["token_type_ids"] = torch.zeros_like(ids)
+            extra["token_type_ids"][:, l:] = 1  # query tokens attend causally, the prefix bidirectionally
+        return PrefixInputs(ids, mask, pos, l, vision, extra)
+
+    # ---- passes -------------------------------------------------------------------------------------------
+    def encode(self, images, prompts, use_cache: bool = False) -> VLMFeatures:
+        """One uncached pass over [prefix | queries] (differentiable); use_cache keeps the KV cache."""
+        inputs = self.prepare(images, prompts)
+        out = self.model(**inputs.full_kwargs(), use_cache=use_cache, output_hidden_states=True)
+        h = out.hidden_states[self.config.layer]  # [B, L + Q, H]
+        l = inputs.prefix_len
+        mask = inputs.attention_mask[:, :l].bool()
+        return VLMFeatures(query=h[:, l:], prefix=h[:, :l], prefix_mask=mask, cache=out.past_key_values)
+
+    def encode_prefix(self, images, prompts) -> PrefixState:
+        """Image + prompt once into a DynamicCache; pair with encode_queries."""
+        from transformers import DynamicCache
+
+        inputs = self.prepare(images, prompts)
+        cache = DynamicCache(config=self.model.config.get_text_config())
+        out = self.model(**inputs.prefix_kwargs(), past_key_values=cache, use_cache=True, output_hidden_states=True)
+        return PrefixState(inputs, out.past_key_values, out.hidden_states[self.config.layer])
+
+    def encode_queries(self, prefix: PrefixState, repeats: int = 1) -> VLMFeatures:
+        """Suffix pass of the query tokens over a cached prefix, for `repeats` copies of each row.
+
+        -> VLMFeatures with batch B * repeats (row-major: copies of row 0 first). The cache is repeated in
+        place (cache.batch_repeat_interleave) and cropped back to the prefix after the pass, so the same
+        PrefixState serves further calls with repeats that are multiples of the copies made so far.
+        """
+        if repeats < 1 or repeats % prefix.copies:
+            raise ValueError(f"got repeats={repeats}; the prefix already holds {prefix.copies} copies per row, so "
+                             "repeats must be a positive multiple of that")
+        grow = repeats // prefix.copies
+        if grow > 1:
+            prefix.cache.batch_repeat_interleave(grow)
+            prefix.hidden = prefix.hidden.repeat_interleave(grow, dim=0)
+            prefix.copies = repeats
+        inputs, l = prefix.inputs, prefix.inputs.prefix_len
+        batch_dim = 1 if inputs.position_ids.dim() == 3 else 0
+        out = self.model(
+            input_ids=inputs.input_ids[:, l:].repeat_interleave(repeats, 0),
+            attention_mask=inputs.attention_mask.repeat_interleave(repeats, 0),
+            position_ids=inputs.position_ids[..., l:].repeat_interleave(repeats, batch_dim),
+            past_key_values=prefix.cache, use_cache=True, output_hidden_states=True,
+        )
+        prefix.cache.crop(-self.num_query_tokens)  # back to the prefix alone
+        mask = inputs.attention_mask[:, :l].bool().repeat_interleave(repeats, 0)
+        return VLMFeatures(query=out.hidden_states[self.config.layer], prefix=prefix.hidden, prefix_mask=mask,
+                           cache=prefix.cache)
+
+
+def _processor_side(processor) -> int:
+    size = getattr(processor, "size", None) or {}
+    for key in ("height", "longest_edge"):
+        if key in size and size[key] < 10_000:
+            return int(size[key])
+    return 224  # pixel-budget processors (Qwen) take any size; 224 is a typical input side

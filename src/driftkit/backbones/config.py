@@ -1,0 +1,89 @@
+"""Typed configuration and outputs of a VLM backbone."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from driftkit.errors import check_choice, check_positive
+
+MODES = ("frozen", "lora", "full")
+
+
+@dataclass
+class BackboneConfig:
+    """How a VLM is loaded and read out."""
+
+    source: str
+    """A preset name (see driftkit.backbones.list_presets()) or a local checkpoint directory."""
+    family: str | None = None
+    """VLM family; None = from the preset name or the checkpoint's config.json model_type."""
+    num_query_tokens: int = 8
+    """Q, special tokens appended to every prompt; their hidden states are the condition."""
+    query_token: str = "<|act_{i}|>"
+    """Format of the query tokens' strings ({i} = 0..Q-1), e.g. "<|box_{i}|>"."""
+    prompt_format: str = "{prompt}"
+    """Text that follows the image, with {prompt} replaced by each prompt (e.g. the tail of a chat template:
+    "{prompt}<|im_end|>\\n<|im_start|>assistant\\n"); the query tokens come right after it."""
+    layer: int = -1
+    """Which hidden state to read (index into hidden_states: 0 = embeddings, -1 = final, after the norm)."""
+    max_length: int = 1024
+    """Most tokens in one row: image placeholders + prompt + query tokens."""
+    mode: str = "frozen"
+    """frozen (only the query-token embeddings train), lora, or full."""
+    lora_rank: int = 16
+    """LoRA rank when mode = lora."""
+    lora_alpha: float = 32.0
+    """LoRA scale numerator when mode = lora."""
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Module names LoRA adapts when mode = lora."""
+    dtype: str = "float32"
+    """Weights' dtype: float32, bfloat16 or float16."""
+    seed: int = 0
+    """Initialisation seed of a randomly initialised preset."""
+
+    def __post_init__(self):
+        check_positive("num_query_tokens", self.num_query_tokens)
+        check_positive("max_length", self.max_length)
+        check_choice("mode", self.mode, MODES)
+        check_positive("lora_rank", self.lora_rank)
+        if self.num_query_tokens > 1 and "{i}" not in self.query_token:
+            raise ValueError(f"got query_token={self.query_token!r} with num_query_tokens={self.num_query_tokens}; "
+                             "the format needs '{i}' to make distinct tokens")
+        self.lora_targets = tuple(self.lora_targets)
+        if "{prompt}" not in self.prompt_format:
+            raise ValueError(f"got prompt_format={self.prompt_format!r}; it must contain '{{prompt}}'")
+
+    def query_strings(self) -> list[str]:
+        return [self.query_token.format(i=i) for i in range(self.num_query_tokens)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class VLMFeatures:
+    """What a backbone hands to a decoder for B rows."""
+
+    query: Tensor
+    """[B, Q, H] hidden states at the query tokens (the chosen layer)."""
+    prefix: Tensor
+    """[B, L, H] hidden states of the image + prompt prefix (left-padded; see prefix_mask)."""
+    prefix_mask: Tensor
+    """[B, L] bool, True at real prefix tokens."""
+    cache: object | None = field(default=None, repr=False)
+    """transformers DynamicCache of the prefix when it was kept (encode(..., use_cache=True))."""
+
+    @property
+    def pooled(self) -> Tensor:
+        """[B, Q * H] the query states flattened: a decoder's cond [B, C] with C = Q * H."""
+        return self.query.flatten(1)
+
+    @property
+    def context(self) -> Tensor:
+        """[B, L + Q, H] prefix then query states, padded positions set to exactly zero (the expert net
+        skips all-zero rows), for decoders whose net attends to the whole prefix."""
+        prefix = self.prefix.masked_fill(~self.prefix_mask[..., None], 0.0)
+        return torch.cat([prefix, self.query], dim=1)

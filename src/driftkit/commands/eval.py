@@ -1,0 +1,83 @@
+"""`driftkit eval`: closed-loop Meta-World evaluation of trained checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _labels(policies: list, paths: list[Path]) -> list[str]:
+    """Decoder registry name per checkpoint; the folder name is added where two would collide."""
+    names = [getattr(type(getattr(p, "decoder", None)), "name", None) or path.name for p, path in zip(policies, paths)]
+    return [f"{n} ({path.name})" if names.count(n) > 1 else n for n, path in zip(names, paths)]
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint/policy folder as given, or a run's output_dir -> its newest complete checkpoint."""
+    if (path / "config.json").is_file():
+        return path
+    steps = sorted(p for p in (path / "checkpoints").glob("step_*") if (p / "trainer_state.json").is_file())
+    if not steps:
+        raise typer.BadParameter(f"{path} holds neither config.json nor complete checkpoints/step_* folders")
+    return steps[-1]
+
+
+def _task_map(checkpoint: Path, policy, dataset: Path | None) -> dict[str, int] | None:
+    """instruction -> task_index of the data the checkpoint was trained on (None for single-task policies)."""
+    import json
+
+    from driftkit.data import task_index_map
+
+    if dataset is None:
+        config = json.loads((checkpoint / "config.json").read_text())
+        data = config.get("train", {}).get("data", {})
+        dataset = Path(data["root"]) if data.get("source") == "lerobot" and data.get("root") else None
+    if dataset is not None:
+        return task_index_map(dataset)
+    if getattr(getattr(policy, "config", None), "num_tasks", 1) > 1:
+        raise typer.BadParameter(f"{checkpoint} was trained on several tasks but its config names no LeRobot "
+                                 "dataset; pass --dataset DIR (the training data) to map tasks to task_index")
+    return None
+
+
+def eval_command(
+    checkpoint: list[Path] = typer.Option(..., help="Checkpoint folder, or a run folder (its newest checkpoint); "
+                                          "repeat the option for several."),
+    tasks: str = typer.Option("reach-v3", help="Comma-separated task names or groups."),
+    episodes: int = typer.Option(10, help="Episodes per task and seed."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated evaluation seeds."),
+    n_action_steps: int = typer.Option(8, help="Actions executed from each chunk before replanning."),
+    max_steps: int = typer.Option(300, help="Step limit of an episode."),
+    num_samples: int = typer.Option(1, help="Samples drawn per chunk."),
+    steps: int = typer.Option(None, help="Integration steps of iterative decoders (default: the decoder's)."),
+    select: str = typer.Option(None, help="How to pick one of several samples (passed to policy.predict)."),
+    image: bool = typer.Option(False, help="Render the corner2 camera for image-conditioned policies."),
+    out: Path = typer.Option(..., help="Folder for results.json, results.md, success_vs_latency.png."),
+    dataset: Path = typer.Option(None, help="Training dataset (for its task_index map); default: the one in "
+                                 "each checkpoint's config.json."),
+) -> None:
+    """Evaluate checkpoints on Meta-World and write results.json, results.md and a success-vs-latency plot."""
+    from driftkit.eval import EvalConfig, evaluate
+    from driftkit.policy import load_policy
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        cfg = EvalConfig(tasks=tasks.split(","), episodes=episodes, seeds=seed_list, n_action_steps=n_action_steps,
+                         max_steps=max_steps, num_samples=num_samples, steps=steps, select=select, image=image)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    checkpoint = [_resolve_checkpoint(path) for path in checkpoint]
+    policies = [load_policy(path) for path in checkpoint]
+    labels = _labels(policies, checkpoint)
+    task_maps = {label: _task_map(path, p, dataset) for label, path, p in zip(labels, checkpoint, policies)}
+    results = evaluate(dict(zip(labels, policies)), cfg, out, task_maps=task_maps)
+    for row in results["summary"]:
+        if row["group"] == "all":
+            typer.echo(f"{row['decoder']:<24} success {100 * row['success_rate']:.1f}% "
+                       f"± {100 * row['success_se']:.1f}  ms/chunk {row['chunk_ms_median']}")
+    typer.echo(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'success_vs_latency.png'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

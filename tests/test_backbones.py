@@ -1,0 +1,268 @@
+"""Backbones: tiny random VLMs of every family read out at query tokens, cached prefixes, training modes,
+VLMPolicy end to end with every decoder, persistence, and the LM head as a base predictor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import driftkit.nets.expert  # noqa: F401  (registers the "expert" net)
+from driftkit import make_decoder
+from driftkit.backbones import Backbone, VLMPolicy, list_presets
+from driftkit.decoders.registry import DECODERS
+
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "paligemma"]
+PROMPTS = ["pick up the red cube", "go", "open the drawer", "push"]
+T, D = 4, 2
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def images(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def tiny(family: str, **options) -> Backbone:
+    options.setdefault("num_query_tokens", 3)
+    return Backbone.from_preset(f"{family}-tiny", **options)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_features_shapes_and_image_dependence(family):
+    bb = tiny(family)
+    imgs = images(2)
+    feats = bb.encode(imgs, PROMPTS[:2])
+    h = bb.hidden_size
+    assert feats.query.shape == (2, 3, h)
+    assert feats.pooled.shape == (2, 3 * h)
+    assert feats.prefix.shape[:2] == feats.prefix_mask.shape and feats.prefix.shape[0] == 2
+    # the shorter prompt is left-padded, the longer one is not
+    assert feats.prefix_mask[0].all() and not feats.prefix_mask[1].all()
+    assert feats.context.shape == (2, feats.prefix.shape[1] + 3, h)
+    other = bb.encode(images(2, seed=1), PROMPTS[:2])
+    assert (feats.query - other.query).abs().max() > 1e-4, "query states ignore the image"
+    same = bb.encode([Image.fromarray(im) for im in imgs], PROMPTS[:2])  # PIL input = array input
+    torch.testing.assert_close(same.query, feats.query)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_suffix_pass_matches_full_pass(family):
+    bb = tiny(family)
+    imgs = images(2)
+    full = bb.encode(imgs, PROMPTS[:2])
+    prefix = bb.encode_prefix(imgs, PROMPTS[:2])
+    once = bb.encode_queries(prefix)
+    torch.testing.assert_close(once.query, full.query, atol=1e-5, rtol=0)
+    g = 3
+    rep = bb.encode_queries(prefix, repeats=g)  # the cache is repeated with batch_repeat_interleave
+    assert rep.query.shape[0] == 2 * g
+    torch.testing.assert_close(rep.query, full.query.repeat_interleave(g, 0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(rep.prefix[::g], full.prefix, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="repeats=2"):
+        bb.encode_queries(prefix, repeats=2)  # not a multiple of the 3 copies already made
+
+
+def test_frozen_mode_trains_only_query_embeddings():
+    bb = tiny("qwen2_5_vl", mode="frozen")
+    before = {n: p.detach().clone() for n, p in bb.model.named_parameters()}
+    q_before = bb.query_embed.detach().clone()
+    params = [p for p in bb.parameters() if p.requires_grad]
+    assert params == [bb.query_embed]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    bb.encode(images(2), PROMPTS[:2]).query.square().mean().backward()
+    opt.step()
+    for n, p in bb.model.named_parameters():
+        assert torch.equal(p, before[n]), f"frozen weight {n} changed"
+    assert not torch.equal(bb.query_embed, q_before)
+
+
+def test_frozen_policy_gradients_through_the_cached_prefix_match_a_full_pass():
+    torch.manual_seed(0)
+    policy = policy_for("qwen3_vl", "regression", torch.randn(8, T, D))
+    target = torch.randn(2, T, D)
+    grads = []
+    for feats in (policy.features(images(2), PROMPTS[:2]), policy.backbone.encode(images(2), PROMPTS[:2])):
+        policy.zero_grad()
+        policy.decoder.loss(policy.condition(feats), target).loss.backward()
+        grads.append(policy.backbone.query_embed.grad.clone())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_lora_and_full_modes_choose_trainable_weights():
+    lora = tiny("smolvlm", mode="lora", lora_rank=2)
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert "query_embed" in names and any("lora_" in n for n in names)
+    assert all(n == "query_embed" or "lora_" in n for n in names)
+    x = lora.encode(images(1), PROMPTS[:1]).query
+    x.square().mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.named_parameters() if "lora_B" in n)
+    full = tiny("smolvlm", mode="full")
+    assert all(p.requires_grad for p in full.parameters())
+
+
+def test_query_embedding_swap_uses_the_trainable_rows():
+    bb = tiny("paligemma")
+    base = bb.encode(images(1), PROMPTS[:1]).query
+    with torch.no_grad():
+        bb.query_embed.add_(1.0)
+    assert (bb.encode(images(1), PROMPTS[:1]).query - base).abs().max() > 1e-3
+
+
+def test_prompt_format_wraps_every_prompt():
+    plain = tiny("qwen3_vl")
+    wrapped = tiny("qwen3_vl", prompt_format="User: {prompt}\nAssistant:")
+    a, b = plain.prepare(images(1), ["hi"]), wrapped.prepare(images(1), ["hi"])
+    assert b.prefix_len == a.prefix_len + len("User: \nAssistant:")
+    explicit = plain.prepare(images(1), ["User: hi\nAssistant:"])
+    assert torch.equal(b.input_ids, explicit.input_ids)
+    with pytest.raises(ValueError, match="prompt_format='no placeholder'"):
+        tiny("qwen3_vl", prompt_format="no placeholder")
+
+
+def test_input_errors_name_the_bad_value():
+    bb = tiny("qwen2_5_vl", max_length=20)
+    with pytest.raises(ValueError, match=r"prompts\[0\] needs .* > max_length=20"):
+        bb.encode(images(1), ["a prompt far too long for twenty tokens"])
+    with pytest.raises(TypeError, match=r"images\[1\] has type str"):
+        bb.encode([images(1)[0], "cat.png"], PROMPTS[:2])
+    with pytest.raises(ValueError, match=r"images\[0\] is 8x8 pixels"):
+        bb.encode([np.zeros((8, 8, 3), np.uint8)], PROMPTS[:1])
+    with pytest.raises(ValueError, match=r"images\[0\] has shape \[64, 64\]"):
+        bb.encode([np.zeros((64, 64), np.uint8)], PROMPTS[:1])
+    with pytest.raises(ValueError, match="2 image"):
+        bb.encode(images(2), PROMPTS[:1])
+    with pytest.raises(ValueError, match="query special tokens"):
+        bb.encode(images(1), ["look at <|act_0|>"])
+    with pytest.raises(ValueError, match="unknown backbone preset 'llava-tiny'"):
+        Backbone.from_preset("llava-tiny")
+    with pytest.raises(FileNotFoundError, match="/no/such/ckpt"):
+        Backbone.from_pretrained("/no/such/ckpt")
+    with pytest.raises(ValueError, match="known families"):
+        Backbone.from_pretrained(".", family="llava")
+    assert len(list_presets()) >= 2 * len(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_from_pretrained_loads_a_local_checkpoint(family, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bb = tiny(family)
+    bb.save_pretrained(str(tmp_path))
+    loaded = Backbone.from_pretrained(str(tmp_path), num_query_tokens=3)  # family from config.json
+    assert loaded.family.name == family
+    with torch.no_grad():
+        loaded.query_embed.copy_(bb.query_embed)
+    torch.testing.assert_close(loaded.encode(images(2), PROMPTS[:2]).query, bb.encode(images(2), PROMPTS[:2]).query)
+
+
+def policy_for(family: str, name: str, target: torch.Tensor) -> VLMPolicy:
+    options = {"net": "expert", "hidden_dim": 32, "depth": 1}
+    if name.startswith("residual"):
+        options["base"] = "lm_tokens"
+    bb = tiny(family, num_query_tokens=T * D)
+    dec = make_decoder(name, cond_dim=bb.hidden_size, target_shape=(T, D), **options)
+    dec.fit_normalizer(target)
+    return VLMPolicy(bb, dec, cond="query")
+
+
+def seeded_loss(policy: VLMPolicy, batch: dict) -> float:
+    """Mean loss on the batch repeated 4 times, over 3 fixed seeds: many draws of noise and flow time, the
+    same ones before and after training."""
+    big = {"images": batch["images"] * 4, "prompts": batch["prompts"] * 4, "target": batch["target"].repeat(4, 1, 1)}
+    total = 0.0
+    for seed in range(3):
+        torch.manual_seed(seed)
+        total += policy.loss(big).loss.item()
+    return total / 3
+
+
+def sample_mean_error(policy: VLMPolicy, batch: dict) -> float:
+    """Squared distance from the mean of 16 samples to the demonstration."""
+    y = policy.sample(batch["images"], batch["prompts"], num_samples=16, generator=torch.Generator().manual_seed(0))
+    return (y.mean(1) - batch["target"]).square().mean().item()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_decoder_trains_end_to_end(family):
+    torch.manual_seed(0)
+    target = torch.randn(4, T, D)
+    batch = {"images": images(4), "prompts": PROMPTS, "target": target}
+    for name in sorted(DECODERS):
+        torch.manual_seed(1)  # independent of which tests ran before
+        policy = policy_for(family, name, target)
+        opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=3e-3)
+        # The drifting loss is the squared norm of a drift field that moves with the samples, so its value is
+        # not monotone early on (sibling repulsion can widen the spread); for drift the samples' mean must
+        # approach the demonstration instead.
+        measure = sample_mean_error if name == "drift" else seeded_loss
+        before = measure(policy, batch)
+        for _ in range(20):
+            out = policy.loss(batch)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+        after = measure(policy, batch)
+        assert after < before, f"{family}/{name}: {measure.__name__} {before:.4f} -> {after:.4f}"
+        y = policy.sample(images(2), PROMPTS[:2], num_samples=3)
+        assert y.shape == (2, 3, T, D) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_load_gives_identical_samples(family, tmp_path):
+    target = torch.randn(8, T, D)
+    policy = policy_for(family, "flow", target)
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    y = policy.sample(images(2), PROMPTS[:2], num_samples=3, generator=gen())
+    policy.save_pretrained(str(tmp_path))
+    loaded = VLMPolicy.from_pretrained(str(tmp_path))
+    torch.testing.assert_close(loaded.sample(images(2), PROMPTS[:2], num_samples=3, generator=gen()), y)
+    # repeating the cache per sample gives the same samples as batching K in the decoder
+    rep = policy.sample(images(2), PROMPTS[:2], num_samples=3, generator=gen(), repeat_cache=True)
+    torch.testing.assert_close(rep, y, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora"])
+def test_save_without_frozen_weights_reloads_them_from_the_preset(mode, tmp_path):
+    bb = tiny("smolvlm", mode=mode, num_query_tokens=T * D)
+    policy = VLMPolicy(bb, make_decoder("regression", cond_dim=bb.hidden_size, target_shape=(T, D), net="expert",
+                                        hidden_dim=32, depth=1), cond="query")
+    with torch.no_grad():  # make the trained parts differ from a fresh build
+        for name, p in policy.backbone.named_parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    y = policy.sample(images(2), PROMPTS[:2])
+    policy.save_pretrained(str(tmp_path), include_frozen=False)
+    loaded = VLMPolicy.from_pretrained(str(tmp_path))
+    assert (VLMPolicy(tiny("smolvlm", mode=mode, num_query_tokens=T * D), policy.decoder, cond="query")
+            .sample(images(2), PROMPTS[:2]) - y).abs().max() > 1e-4, "the perturbation must matter"
+    torch.testing.assert_close(loaded.sample(images(2), PROMPTS[:2]), y)
+
+
+def test_lm_tokens_starts_as_the_lm_head_on_the_last_vocab_ids():
+    bb = tiny("qwen2_5_vl", num_query_tokens=T * D)
+    dec = make_decoder("lm_tokens", cond_dim=bb.hidden_size, target_shape=(T, D), num_bins=16,
+                       normalization="none")
+    policy = VLMPolicy(bb, dec, cond="query")
+    inputs = bb.prepare(images(2), PROMPTS[:2])
+    with torch.no_grad():
+        logits = bb.model(**inputs.full_kwargs()).logits[:, inputs.prefix_len:]  # [B, Q, V]
+        feats = bb.encode(images(2), PROMPTS[:2])
+        ours = dec.logits(policy.condition(feats))  # [B, T, D, N]
+    v = bb.base_vocab
+    torch.testing.assert_close(ours.reshape(2, T * D, 16), logits[..., v - 16:v], atol=1e-5, rtol=0)
+    # decoding the LM's own argmax over the bin ids reproduces the decoder's sample
+    ids = logits[..., v - 16:v].argmax(-1).view(2, T, D)
+    torch.testing.assert_close(policy.sample(images(2), PROMPTS[:2])[:, 0], dec.bins.decode(ids))
+    assert int(dec.vocab_ids(ids, v).min()) >= v - 16
+
+
+def test_policy_checks_cond_width():
+    bb = tiny("qwen2_vl")
+    with pytest.raises(ValueError, match="cond_dim=5"):
+        VLMPolicy(bb, make_decoder("regression", cond_dim=5, target_shape=(T, D)))
