@@ -1,0 +1,160 @@
+"""Training checkpoints: one directory per step under <output_dir>/checkpoints/, written atomically.
+
+    step_00000500/
+        config.json          PolicyConfig + TrainConfig (driftkit.policy.load_policy reads it)
+        model.safetensors    weights (Accelerate's save_state)
+        optimizer.bin  scheduler.bin  random_states_<rank>.pkl   (torch / numpy / python / cuda RNG)
+        trainer_state.json   step and data position; written last, so its presence marks a complete dir
+
+A checkpoint is written to a hidden temporary directory, flushed to disk, then renamed into place;
+older checkpoints are removed only after the new one is complete, keeping `keep` of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate.utils import DistributedType
+from safetensors.torch import save_file
+
+from driftkit.policy.io import CONFIG_NAME, WEIGHTS_NAME, policy_config_dict, read_policy_config
+from driftkit.policy.config import PolicyConfig
+
+STATE_NAME = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    """What besides Accelerate's state a resumed run needs."""
+
+    step: int
+    """Optimiser updates done; the data position is batch `step` of the run's batch order."""
+    dataset_size: int
+    """Length of the dataset the order was drawn over (a resumed run must see the same data)."""
+    global_batch_size: int
+    """Global batch size of the run."""
+    last_loss: float | None = None
+    """Mean training loss (over processes) of this step."""
+
+
+def checkpoint_root(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under output_dir, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / STATE_NAME).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
+    """'' -> None; 'latest' -> newest complete checkpoint in output_dir (None if there is none); else a path."""
+    if not resume:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not (path / STATE_NAME).is_file():
+        raise FileNotFoundError(f"resume={resume!r} is not a complete checkpoint directory (no {STATE_NAME})")
+    return path
+
+
+def read_train_config(path: str | os.PathLike) -> dict:
+    """The TrainConfig dict stored in a checkpoint's config.json."""
+    data = json.loads((Path(path) / CONFIG_NAME).read_text())
+    if "train" not in data:
+        raise ValueError(f"{Path(path) / CONFIG_NAME} holds no training config (is it an exported policy?)")
+    return data["train"]
+
+
+def read_trainer_state(path: str | os.PathLike) -> TrainerState:
+    return TrainerState(**json.loads((Path(path) / STATE_NAME).read_text()))
+
+
+def check_compatible(path: str | os.PathLike, model: PolicyConfig) -> None:
+    """Resuming into a different policy would load weights into the wrong modules: name what differs."""
+    saved = read_policy_config(path)
+    if saved.decoder != model.decoder:
+        raise ValueError(f"checkpoint {path} was trained with decoder {saved.decoder!r}, "
+                         f"but the config asks for decoder {model.decoder!r}")
+    # Compare as JSON: config.json has lists where a live config may hold tuples.
+    mine = json.loads(json.dumps(model.to_dict()))
+    diff = {k: (v, mine[k]) for k, v in json.loads(json.dumps(saved.to_dict())).items() if mine[k] != v}
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"checkpoint {path} has a different model config: {shown}")
+
+
+def save_checkpoint(accelerator, model, output_dir, state: TrainerState, config_dict: dict, keep: int) -> Path:
+    """Every process calls this (Accelerate gathers sharded state); the main process renames and prunes."""
+    root = checkpoint_root(output_dir)
+    final = root / f"step_{state.step:08d}"
+    tmp = root / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed while saving
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    # FSDP/DeepSpeed save_state writes sharded weights; load_policy reads one model.safetensors (untested here).
+    full = None
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        full = accelerator.get_state_dict(model)  # collective: every process takes part
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if full is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in full.items()}, str(tmp / WEIGHTS_NAME))
+        (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2))
+        (tmp / STATE_NAME).write_text(json.dumps(asdict(state), indent=2))
+        _fsync_tree(tmp)
+        _replace_dir(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def checkpoint_config(model: PolicyConfig, train: dict) -> dict:
+    return policy_config_dict(model, train=train)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename tmp to final; an existing final (same step saved again) is moved aside until then."""
+    aside = final.with_name(f".{final.name}.old")
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file, then the directories, so the rename cannot expose a partly written tree."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(root))

@@ -1,0 +1,241 @@
+"""Typed training configuration, named presets, and `key=value` overrides on top of them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from driftkit.errors import check_choice, check_positive
+from driftkit.policy.config import PolicyConfig
+from driftkit.train.overrides import apply_override, parse_assignment
+
+DATA_SOURCES = ("toy", "lerobot")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DECAYS = ("cosine", "constant")
+
+
+@dataclass
+class DataConfig:
+    """Where training samples come from."""
+
+    source: str = "toy"
+    """toy (a synthetic in-memory dataset) or lerobot (a local LeRobot v3 dataset at `root`)."""
+    root: str = ""
+    """Directory of the LeRobot dataset (source = lerobot)."""
+    image_key: str = ""
+    """Camera feature used as observation.image when model.image_size > 0 ('' = the first camera)."""
+    toy_size: int = 512
+    """Number of synthetic samples (source = toy)."""
+    toy_padding: bool = True
+    """Pad the tails of some synthetic chunks, as at episode ends (source = toy)."""
+    num_workers: int = 0
+    """DataLoader worker processes per training process."""
+
+    def __post_init__(self):
+        check_choice("data.source", self.source, DATA_SOURCES)
+        check_positive("data.toy_size", self.toy_size)
+        check_positive("data.num_workers", self.num_workers, allow_zero=True)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and gradient clipping."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    batch_size: int = 64
+    """Global batch size, split evenly over the processes (the same run on 1 or N processes)."""
+
+    def __post_init__(self):
+        check_positive("optim.lr", self.lr)
+        check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"got optim.betas={self.betas}, need two values in [0, 1)")
+        check_positive("optim.grad_clip", self.grad_clip, allow_zero=True)
+        check_positive("optim.batch_size", self.batch_size)
+
+
+@dataclass
+class ScheduleConfig:
+    """Length of training and the learning-rate schedule."""
+
+    steps: int = 10_000
+    """Optimiser updates in the whole run."""
+    warmup_steps: int = 500
+    """Linear warm-up from 0 to optim.lr."""
+    decay: str = "cosine"
+    """After warm-up: cosine (down to min_lr_ratio * lr at the last step) or constant."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak (cosine decay)."""
+
+    def __post_init__(self):
+        check_positive("schedule.steps", self.steps)
+        check_positive("schedule.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_choice("schedule.decay", self.decay, DECAYS)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"got schedule.min_lr_ratio={self.min_lr_ratio}, must be in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    model: PolicyConfig = field(default_factory=PolicyConfig)
+    """The policy to train."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The training data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser settings."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Steps and learning-rate schedule."""
+    seed: int = 0
+    """Seed of the weights and the data order; process i draws its noise from seed + i."""
+    output_dir: str = "runs/default"
+    """Run directory: checkpoints/, metrics.jsonl, tensorboard/."""
+    checkpoint_every: int = 1000
+    """Write a checkpoint every N steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep; older ones are removed once a newer one is complete."""
+    log_every: int = 10
+    """Write metrics every N steps."""
+    mixed_precision: str = "no"
+    """no, bf16 (autocast where the device supports it) or fp16 (GPU only)."""
+    resume: str = ""
+    """'' starts fresh; 'latest' resumes from the newest checkpoint in output_dir; or a checkpoint path."""
+    cpu: bool = False
+    """Train on the CPU even when a GPU is present."""
+    tensorboard: bool = True
+    """Also log to TensorBoard under output_dir/tensorboard when it is installed."""
+    progress: bool = True
+    """Show a progress bar (main process only)."""
+
+    def __post_init__(self):
+        check_positive("checkpoint_every", self.checkpoint_every)
+        check_positive("keep_checkpoints", self.keep_checkpoints)
+        check_positive("log_every", self.log_every)
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if not self.output_dir:
+            raise ValueError("got output_dir='', need a run directory")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Inverse of to_dict (config.json of a checkpoint); unknown keys raise, naming them."""
+        parts = {"model": PolicyConfig, "data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig key(s) {unknown}; known: {sorted(known)}")
+        kwargs = dict(data)
+        for name, part in parts.items():
+            if name in kwargs:
+                sub = dict(kwargs[name])
+                bad = sorted(set(sub) - {f.name for f in dataclasses.fields(part)})
+                if bad:
+                    raise ValueError(f"unknown key(s) {bad} in TrainConfig.{name}")
+                kwargs[name] = part(**sub)
+        return cls(**kwargs)
+
+
+# Short names for the keys people change most.
+ALIASES = {
+    "decoder": "model.decoder",
+    "horizon": "model.horizon",
+    "steps": "schedule.steps",
+    "warmup": "schedule.warmup_steps",
+    "lr": "optim.lr",
+    "batch_size": "optim.batch_size",
+}
+
+
+def _toy() -> TrainConfig:
+    return TrainConfig(
+        model=PolicyConfig(
+            state_dim=8, action_dim=2, horizon=4, num_tasks=2, task_embed_dim=8, hidden_dim=64, cond_dim=64,
+            decoder="flow", decoder_options={"hidden_dim": 64, "depth": 2},
+        ),
+        data=DataConfig(source="toy", toy_size=512),
+        optim=OptimConfig(lr=1e-3, batch_size=32),
+        schedule=ScheduleConfig(steps=200, warmup_steps=20),
+        output_dir="runs/toy",
+        checkpoint_every=100,
+    )
+
+
+def _metaworld_state() -> TrainConfig:
+    return TrainConfig(
+        model=PolicyConfig(state_dim=39, action_dim=4, horizon=16, num_tasks=50, decoder="flow"),
+        data=DataConfig(source="lerobot", root="data/metaworld-mt50"),
+        optim=OptimConfig(lr=3e-4, batch_size=256),
+        schedule=ScheduleConfig(steps=30_000, warmup_steps=1000),
+        output_dir="runs/metaworld-state",
+        checkpoint_every=2000,
+    )
+
+
+def _metaworld_image() -> TrainConfig:
+    cfg = _metaworld_state()
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, image_size=64),
+        output_dir="runs/metaworld-image",
+    )
+
+
+PRESETS: dict[str, tuple[Callable[[], TrainConfig], str]] = {
+    "toy": (_toy, "synthetic 2-task chunks (S=8, T=4, D=2), tiny nets, 200 steps; seconds on a laptop CPU"),
+    "metaworld-state": (
+        _metaworld_state,
+        "Meta-World MT50, state + task, T=16; data: driftkit collect --tasks mt50 --out data/metaworld-mt50",
+    ),
+    "metaworld-image": (
+        _metaworld_image,
+        "as metaworld-state plus the 64x64 corner2 camera (collect with --image) through a tiny CNN",
+    ),
+}
+
+
+def list_presets() -> dict[str, str]:
+    return {name: summary for name, (_, summary) in PRESETS.items()}
+
+
+def make_config(preset: str | None = "toy", overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A preset (or the defaults when preset is None) with `key=value` overrides applied in order."""
+    if preset is None:
+        cfg = TrainConfig()
+    elif preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
+    else:
+        cfg = PRESETS[preset][0]()
+    return apply_overrides(cfg, overrides)
+
+
+def resume_config(overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The config of the newest checkpoint in the output_dir that `overrides` name (or the default one),
+    with the overrides applied on top and resume=latest: `driftkit train --resume --set steps=400`."""
+    from driftkit.train.checkpoint import latest_checkpoint, read_train_config
+
+    output_dir = apply_overrides(TrainConfig(), [o for o in overrides if o.startswith("output_dir=")]).output_dir
+    found = latest_checkpoint(output_dir)
+    if found is None:
+        raise ValueError(f"--resume without --preset needs a checkpoint, and {output_dir} has none; "
+                         "set output_dir=... or name the preset the run started from")
+    cfg = TrainConfig.from_dict(read_train_config(found))
+    return apply_overrides(cfg, [*overrides, "resume=latest"])
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
+    for item in overrides:
+        key, text = parse_assignment(item)
+        cfg = apply_override(cfg, key, text, ALIASES)
+    return cfg
