@@ -32,28 +32,24 @@ class TokensConfig(DecoderConfig):
         check_positive("temperature", self.temperature, allow_zero=True)
 
 
-@register_decoder
-class TokensDecoder(Decoder):
-    name = "tokens"
-    summary = "classification over uniform bins (OpenVLA), decoded to bin centres; 1 NFE"
+class BinDecoder(Decoder):
+    """Per-position classification over uniform bins; subclasses define `logits(cond) -> [B, T, D, num_bins]`."""
+
     config_class = TokensConfig
     default_normalization = "quantile"
 
     def __init__(self, config: TokensConfig):
         super().__init__(config)
         self.bins = UniformBins(config.num_bins)
-        self.net = self._net(in_dim=0, out_dim=config.dim * config.num_bins, use_time=False)
 
     def logits(self, cond: Tensor) -> Tensor:
-        """cond [B, C] -> [B, T, D, num_bins]."""
-        t, d = self.config.target_shape
-        return self.net(cond).view(cond.shape[0], t, d, self.config.num_bins)
+        raise NotImplementedError
 
     def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
-        logits = self.logits(cond)
-        ce = F.cross_entropy(logits.flatten(0, 2), self.bins.encode(x_1).flatten(), reduction="none")
-        loss = masked_mean(ce.view_as(x_1), mask)
-        acc = masked_mean((logits.argmax(-1) == self.bins.encode(x_1)).float(), mask)
+        logits, ids = self.logits(cond), self.bins.encode(x_1)
+        ce = F.cross_entropy(logits.flatten(0, 2), ids.flatten(), reduction="none").view_as(x_1)
+        loss = masked_mean(ce, mask)
+        acc = masked_mean((logits.argmax(-1) == ids).float(), mask)
         return DecoderLoss(loss, {"loss": loss.item(), "token_acc": acc.item()})
 
     def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
@@ -61,10 +57,25 @@ class TokensDecoder(Decoder):
         if self.config.temperature == 0:
             ids = logits.argmax(-1).unsqueeze(1).expand(-1, k, -1, -1)
         else:
-            probs = F.softmax(logits / self.config.temperature, dim=-1)
+            probs = F.softmax(logits.float() / self.config.temperature, dim=-1)
             flat = probs.unsqueeze(1).expand(-1, k, -1, -1, -1).reshape(-1, probs.shape[-1])
             ids = torch.multinomial(flat, 1, generator=generator).view(cond.shape[0], k, *logits.shape[1:3])
         return self.bins.decode(ids).to(logits.dtype)
 
     def nfe(self, steps: int | None = None) -> int:
         return 1
+
+
+@register_decoder
+class TokensDecoder(BinDecoder):
+    name = "tokens"
+    summary = "classification over uniform bins (OpenVLA), decoded to bin centres; 1 NFE"
+
+    def __init__(self, config: TokensConfig):
+        super().__init__(config)
+        self.net = self._net(in_dim=0, out_dim=config.dim * config.num_bins, use_time=False)
+
+    def logits(self, cond: Tensor) -> Tensor:
+        """cond [B, C] -> [B, T, D, num_bins]."""
+        t, d = self.config.target_shape
+        return self.net(cond).view(cond.shape[0], t, d, self.config.num_bins)

@@ -30,9 +30,11 @@ def plot_suite(rows: list[dict], models: dict, bimodal: Task, path: Path, n_samp
         ax.set_ylim(-2.2, 2.2)
         ax.tick_params(labelsize=6)
     ax = fig.add_subplot(grid[1, :])
+    labels = list(dict.fromkeys(r["decoder"] for r in rows))
+    colour = {label: plt.cm.tab20(i % 20) for i, label in enumerate(labels)}
     for task, marker in (("bimodal", "o"), ("precision", "s")):
         for r in (r for r in rows if r["task"] == task):
-            ax.scatter(r["ms_per_chunk"], r["err"], marker=marker, s=30)
+            ax.scatter(r["ms_per_chunk"], r["err"], marker=marker, s=30, color=colour[r["decoder"]])
             ax.annotate(f"{r['decoder']}", (r["ms_per_chunk"], r["err"]), fontsize=6, xytext=(3, 2),
                         textcoords="offset points")
     ax.set_xscale("log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,8 @@ class Entry:
     """Sampling steps override (e.g. flow truncated to 1 step)."""
     reuse: str | None = None
     """Label of an entry whose trained model this row evaluates differently (no retraining)."""
+    sample_options: dict = field(default_factory=dict)
+    """Config fields replaced while this row is evaluated (e.g. temperature=0)."""
     batch_size: int | None = None
 
 
@@ -33,9 +36,10 @@ ENTRIES = [
     Entry("flow", "flow"),
     Entry("flow (1 step)", "flow", steps=1, reuse="flow"),
     Entry("residual_flow", "residual_flow"),
-    Entry("residual_flow[tokens]", "residual_flow", {"base": "tokens", "base_options": {"num_bins": 16}}),
+    Entry("residual_flow (T=0)", "residual_flow", reuse="residual_flow", sample_options={"temperature": 0.0}),
     Entry("drift", "drift", batch_size=128),
     Entry("residual_drift", "residual_drift", batch_size=128),
+    Entry("residual_drift (T=0)", "residual_drift", reuse="residual_drift", sample_options={"temperature": 0.0}),
     Entry("discrete_flow", "discrete_flow"),
 ]
 
@@ -69,7 +73,10 @@ def run_suite(settings: SuiteSettings, entries: list[Entry] = ENTRIES, progress:
                 train = TrainSettings(**{**asdict(settings.train), "batch_size": entry.batch_size or settings.train.batch_size})
                 models[key] = train_decoder(entry.decoder, task, train, progress=progress, **entry.options)
             seconds = time.perf_counter() - start
-            scores = evaluate(models[key], task, n=settings.eval_samples, k=settings.k, steps=entry.steps)
+            model, config = models[key], models[key].config
+            model.config = dataclasses.replace(config, **entry.sample_options)
+            scores = evaluate(model, task, n=settings.eval_samples, k=settings.k, steps=entry.steps)
+            model.config = config
             rows.append({"task": task_name, "decoder": entry.label, "train_s": seconds, **asdict(scores)})
             if progress:
                 print(format_row(rows[-1]), flush=True)
