@@ -15,12 +15,14 @@ def _labels(policies: list, paths: list[Path]) -> list[str]:
 
 def _resolve_checkpoint(path: Path) -> Path:
     """A checkpoint/policy folder as given, or a run's output_dir -> its newest complete checkpoint."""
+    from driftkit.train.checkpoint import latest_checkpoint
+
     if (path / "config.json").is_file():
         return path
-    steps = sorted(p for p in (path / "checkpoints").glob("step_*") if (p / "trainer_state.json").is_file())
-    if not steps:
+    newest = latest_checkpoint(path)
+    if newest is None:
         raise typer.BadParameter(f"{path} holds neither config.json nor complete checkpoints/step_* folders")
-    return steps[-1]
+    return newest
 
 
 def _task_map(checkpoint: Path, policy, dataset: Path | None) -> dict[str, int] | None:
