@@ -8,8 +8,9 @@ A refiner generates the target around it, conditioned on cond and b:
             parameterization "absolute": c(x) = x                  (the refiner works in target units)
 
 Both parameterisations share the same probability path in target units; they differ in what the network
-sees and predicts. "residual" keeps the refiner's inputs and outputs at unit scale whatever the base's
-precision, so it is the default. sigma (per dim) is fixed by `source_std`, or by default ("auto") tracks
+sees and predicts. "residual" keeps the refiner's inputs at unit scale whatever the base's precision;
+"absolute" measured as good or better on the built-in tasks (benchmarks/results/variants-residual.md), so it
+is the default. sigma (per dim) is fixed by `source_std`, or by default ("auto") tracks
 the RMS of the base's residual during training: a coarse or mean-collapsed base gets a wide source that can
 reach far modes, a precise base a narrow one that refines locally (see docs/decoders.md).
 """
@@ -44,8 +45,8 @@ class ResidualOptions:
     """Floor of the automatic sigma."""
     std_momentum: float = 0.99
     """EMA momentum of the automatic sigma."""
-    parameterization: str = "residual"
-    """residual (refiner sees (x - b) / sigma) or absolute (refiner sees x)."""
+    parameterization: str = "absolute"
+    """absolute (refiner sees x) or residual (refiner sees (x - b) / sigma); see docs/decoders.md."""
     schedule: str = "joint"
     """joint: base and refiner losses summed every step. staged: base alone for base_steps, then refiner alone."""
     base_steps: int = 1000

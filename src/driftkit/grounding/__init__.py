@@ -1,0 +1,44 @@
+"""Grounding data and metrics: temporal moments (Charades-STA, ActivityNet-Captions; target shape (1, 2))
+and referring-expression boxes (RefCOCO, RefCOCO+, RefCOCOg; target shape (1, 4)).
+
+    records = load_charades_sta("charades_sta_test.txt", "Charades_v1_test.csv")
+    targets = stack_targets(records, normalize=True)        # [N, 1, 2], fractions of the duration
+    scores = score_moments(pred, targets)                   # pred [N, 1, 2] in the same units
+    print(scores.table_header()); print(scores.table_row("drift"))
+"""
+
+from driftkit.grounding.metrics import (
+    BOX_THRESHOLDS,
+    MOMENT_THRESHOLDS,
+    GroundingScores,
+    box_iou,
+    recall_at_iou,
+    score_boxes,
+    score_moments,
+    temporal_iou,
+)
+from driftkit.grounding.records import OUT_OF_RANGE, BoxRecord, GroundingDataError, MomentRecord, stack_targets
+from driftkit.grounding.refcoco import REF_SPLITS, load_refcoco, load_refer
+from driftkit.grounding.temporal import load_activitynet_captions, load_charades_sta, load_durations
+
+__all__ = [
+    "BOX_THRESHOLDS",
+    "MOMENT_THRESHOLDS",
+    "OUT_OF_RANGE",
+    "REF_SPLITS",
+    "BoxRecord",
+    "GroundingDataError",
+    "GroundingScores",
+    "MomentRecord",
+    "box_iou",
+    "load_activitynet_captions",
+    "load_charades_sta",
+    "load_durations",
+    "load_refcoco",
+    "load_refer",
+    "recall_at_iou",
+    "score_boxes",
+    "score_moments",
+    "stack_targets",
+    "temporal_iou",
+]
