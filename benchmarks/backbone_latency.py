@@ -137,6 +137,13 @@ def markdown(rows: list[dict], ratio_rows: list[dict]) -> str:
     for r in ratio_rows:
         lines.append(f"| {r['preset']} | {r['k']} | {r['flow_nfe']} / {r['drift_nfe']} | "
                      f"{r['decoder_ratio']:.2f}x | {r['chunk_ratio']:.2f}x |")
+    index = {(r["preset"], r["decoder"], r["k"]): r for r in rows}
+    lines += ["", "| preset | decoder | whole chunk, K=8 / K=1 (prefix once, K cache copies) |", "|---|---|---|"]
+    for (preset, name, k), r in index.items():
+        one = index.get((preset, name, 1))
+        if k == 8 and one is not None:
+            k8 = r["prefix_k_copies_ms"] + r["decoder_ms"] + (r["keystone_ms"] or 0.0)
+            lines.append(f"| {preset} | {name} | {k8 / one['total_ms']:.2f}x (with KeyStone) |")
     return "\n".join(lines)
 
 
@@ -161,6 +168,10 @@ def main(argv=None) -> None:
     path = args.out or os.path.join(RESULTS, f"backbone_latency_{args.device.split(':')[0]}.json")
     with open(path, "w") as f:
         json.dump({"meta": meta, "rows": rows, "flow_over_drift": ratio_rows}, f, indent=2)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+        f.write(f"Command: `{meta['command']}`\n\nMachine: {meta['machine']}, {args.threads} thread(s), "
+                f"torch {meta['torch']}, GPU: {meta['gpu']}; batch 1, chunk {args.horizon}x{args.action_dim}, "
+                f"median of {args.repeats}\n\n" + markdown(rows, ratio_rows) + "\n")
     print(f"\nwrote {path}")
 
 
