@@ -8,6 +8,7 @@ See ../shared/notes/drifting-and-keystone.md; every statistic is computed in flo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +62,10 @@ def drift_field(x: Tensor, pos: Tensor, valid: Tensor, temperatures=TEMPERATURES
     V = torch.zeros_like(x)
     for r in temperatures:
         logits = -dn / r
-        a = (logits.softmax(dim=-1) * logits.softmax(dim=-2)).clamp_min(1e-6).sqrt()
+        # sqrt(clamp(softmax_j * softmax_i, 1e-6)) computed in log space: the same numbers, but no denormal
+        # intermediates (tiny temperatures underflow the softmaxes, and denormals are very slow on CPUs).
+        log_a = 0.5 * (logits.log_softmax(dim=-1) + logits.log_softmax(dim=-2))
+        a = log_a.clamp_min(0.5 * math.log(1e-6)).exp()
         a_neg, a_pos = a[..., :G], a[..., G:]
         w = torch.cat([-a_neg * a_pos.sum(-1, keepdim=True), a_pos * a_neg.sum(-1, keepdim=True)], dim=-1)
         # Rows of w sum to zero, so sum_j w_ij (y_j - x_i) / s = (w @ y)_i / s.
