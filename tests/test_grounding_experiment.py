@@ -1,0 +1,114 @@
+"""The grounding experiment runner and `driftkit ground`: spec parsing, post-processing, an end-to-end smoke run
+per task (results.json carries every metric of every evaluation variant), determinism, and clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from driftkit.grounding.experiment import (
+    DECODER_SPECS, GroundingExperimentConfig, parse_decoder_spec, postprocess, run_experiment,
+)
+
+TINY = dict(steps=2, batch_size=4, train_size=8, test_size=6, eval_batch_size=4, latency_repeats=1, log_every=1,
+            hidden_dim=16, depth=1)
+METRICS = {"spatial": ["Acc@0.5", "Acc@0.75", "Acc@0.9", "mIoU"],
+           "temporal": ["R@1 IoU=0.3", "R@1 IoU=0.5", "R@1 IoU=0.7", "mIoU"]}
+
+
+def test_named_specs_parse_to_registered_decoders():
+    got = {s: (parse_decoder_spec(s).name, parse_decoder_spec(s).options) for s in DECODER_SPECS}
+    assert got == {
+        "regression": ("regression", {}), "lm_tokens": ("lm_tokens", {}), "flow": ("flow", {}),
+        "residual_flow[regression]": ("residual_flow", {"base": "regression"}),
+        "residual_flow[lm_tokens]": ("residual_flow", {"base": "lm_tokens"}),
+        "residual_drift": ("residual_drift", {}),
+    }
+
+
+@pytest.mark.parametrize("spec, named", [
+    ("residual_flw", "residual_flw"), ("regression[tokens]", "regression"), ("residual_flow[nope]", "nope"),
+    ("residual_flow[residual_drift]", "residual_drift"), ("flow[", "flow["), ("", "''"),
+])
+def test_bad_decoder_specs_raise_naming_the_value(spec, named):
+    with pytest.raises(ValueError, match=named.replace("[", r"\[")):
+        parse_decoder_spec(spec)
+    with pytest.raises(ValueError, match=named.replace("[", r"\[")):
+        GroundingExperimentConfig(decoder=spec)
+
+
+def test_bad_config_values_raise_naming_the_value():
+    with pytest.raises(ValueError, match="'video'"):
+        GroundingExperimentConfig(task="video")
+    with pytest.raises(ValueError, match="'qwen9-huge'"):
+        GroundingExperimentConfig(backbone="qwen9-huge")
+    with pytest.raises(ValueError, match="steps=0"):
+        GroundingExperimentConfig(steps=0)
+    with pytest.raises(ValueError, match="batch_size=64 > train_size=8"):
+        GroundingExperimentConfig(batch_size=64, train_size=8)
+
+
+def test_postprocess_clips_then_sorts_each_pair():
+    pred = torch.tensor([[0.7, 0.2], [-0.1, 1.3], [0.2, 0.4]])
+    fixed, clipped, reordered = postprocess(pred)
+    assert torch.equal(fixed, torch.tensor([[0.2, 0.7], [0.0, 1.0], [0.2, 0.4]]))
+    assert (clipped, reordered) == (1, 1)
+    boxes, clipped, reordered = postprocess(torch.tensor([[0.5, 0.6, 0.1, 0.9], [1.2, 0.1, 0.3, 0.2]]))
+    # x pairs (x1, x2) and y pairs (y1, y2) are sorted independently; 1.2 is clipped to 1 first
+    assert torch.allclose(boxes, torch.tensor([[0.1, 0.6, 0.5, 0.9], [0.3, 0.1, 1.0, 0.2]]))
+    assert (clipped, reordered) == (1, 2)
+
+
+@pytest.mark.parametrize("task, spec, labels, nfes", [
+    ("spatial", "residual_flow[lm_tokens]",
+     ["residual_flow[lm_tokens]", "residual_flow[lm_tokens] T=0", "residual_flow[lm_tokens] base"], [11, 11, 1]),
+    ("temporal", "regression", ["regression"], [1]),
+])
+def test_end_to_end_results_json_has_every_metric(tmp_path, task, spec, labels, nfes):
+    results = run_experiment(GroundingExperimentConfig(task=task, decoder=spec, **TINY), tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["evaluations"] == json.loads(json.dumps(results["evaluations"]))
+    assert [e["label"] for e in saved["evaluations"]] == labels
+    assert [e["nfe"] for e in saved["evaluations"]] == nfes
+    for ev in saved["evaluations"]:
+        assert list(ev["metrics"]) == METRICS[task]
+        assert all(0.0 <= v <= 100.0 for v in ev["metrics"].values())
+        assert ev["metrics"]["mIoU"] == pytest.approx(100 * ev["scores"]["mean_iou"])
+        assert ev["scores"]["num_examples"] == TINY["test_size"]
+        assert ev["scores"]["num_invalid"] == 0  # post-processing leaves only valid intervals/boxes
+        assert ev["ms_per_prediction"] > 0 and ev["latency_ms"] > 0
+    assert saved["train"]["steps"] == TINY["steps"] and saved["config"]["task"] == task
+    if "temperature" in saved["decoder_config"]:  # the T=0 evaluation leaves the decoder's own setting in place
+        assert saved["decoder_config"]["temperature"] == 1.0
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [1, 2]
+
+
+def test_same_seed_same_results_other_seed_other_weights(tmp_path):
+    def run(seed, name):
+        cfg = GroundingExperimentConfig(task="temporal", decoder="flow", seed=seed, **{**TINY, "latency_repeats": 0})
+        return run_experiment(cfg, tmp_path / name)
+
+    a, b, c = run(0, "a"), run(0, "b"), run(1, "c")
+    assert a["train"]["final_loss"] == b["train"]["final_loss"]
+    assert [e["metrics"] for e in a["evaluations"]] == [e["metrics"] for e in b["evaluations"]]
+    assert a["train"]["final_loss"] != c["train"]["final_loss"]
+
+
+def test_cli_runs_and_rejects_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from driftkit.cli import app
+
+    runner = CliRunner()
+    sets = [a for k, v in TINY.items() if k != "steps" for a in ("--set", f"{k}={v}")]
+    ok = runner.invoke(app, ["ground", "--task", "temporal", "--decoder", "lm_tokens", "--steps", "2", "--seed", "1",
+                             "--out", str(tmp_path / "run"), *sets])
+    assert ok.exit_code == 0, ok.output
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (saved["decoder"], saved["seed"], saved["config"]["train_size"]) == ("lm_tokens", 1, 8)
+    for args, named in ((["--task", "video"], "video"), (["--decoder", "residual_flow[bogus]"], "bogus"),
+                        (["--set", "nonsense=1"], "nonsense")):
+        bad = runner.invoke(app, ["ground", *args, "--out", str(tmp_path / "bad")])
+        assert bad.exit_code != 0 and named in bad.output
+        assert not (tmp_path / "bad" / "results.json").exists()
