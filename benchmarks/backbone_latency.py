@@ -107,7 +107,6 @@ def bench_preset(preset: str, names: list[str], args, timer: Timer) -> list[dict
                 if keystone is not None and k > 1:
                     row["keystone_ms"], _ = timer(lambda: keystone(samples))
                 rows.append(row)
-    del backbone
     return rows
 
 

@@ -12,10 +12,9 @@ embedding), so they train whatever the mode while the LM's own embedding matrix 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn

@@ -8,9 +8,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 
-from driftkit.demo.runner import Scores, TrainSettings, evaluate, train_decoder
+from driftkit.demo.runner import TrainSettings, evaluate, train_decoder
 from driftkit.demo.tasks import make_task
 
 
