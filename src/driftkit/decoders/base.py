@@ -91,12 +91,18 @@ class Decoder(nn.Module):
     # ---- the contract ----------------------------------------------------------------------------
     def loss(self, cond: Tensor, target: Tensor, mask: Tensor | None = None) -> DecoderLoss:
         """cond [B, C]; target [B, T, D]; mask [B, T, D] bool (True = real) -> DecoderLoss."""
+        x_1, mask = self._prepare(cond, target, mask)
+        return self._checked(self._loss(cond, x_1, mask))
+
+    def _prepare(self, cond: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Validate a training batch -> (x_1 [B, T, D] normalised, 0 where padded; mask [B, T, D] bool)."""
         self._check_cond(cond)
         check_shape("target", target, (cond.shape[0], *self.config.target_shape), " (batch of cond, *target_shape)")
         check_finite("target", target)
         mask = self._check_mask(mask, target)
-        x_1 = self.normalizer.normalize(target).masked_fill(~mask, 0.0)
-        out = self._loss(cond, x_1, mask)
+        return self.normalizer.normalize(target).masked_fill(~mask, 0.0), mask
+
+    def _checked(self, out: DecoderLoss) -> DecoderLoss:
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"{self.name} loss is {out.loss.item()} (non-finite); inputs were finite")
         return out

@@ -26,7 +26,7 @@ from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
 from driftkit.decoders.drift import DriftOptions
 from driftkit.decoders.flow import FlowOptions
 from driftkit.decoders.registry import make_decoder, register_decoder
-from driftkit.errors import check_choice, check_positive
+from driftkit.errors import check_choice, check_finite, check_positive, check_shape
 from driftkit.normalize import NormStats
 from driftkit.ops import masked_mean, randn, repeat_samples
 
@@ -36,7 +36,9 @@ class ResidualOptions:
     """Options of the base predictor and of the residual source."""
 
     base: str = "regression"
-    """Registry name of the base predictor (regression or tokens; any decoder works)."""
+    """Registry name of the base predictor (regression, tokens, lm_tokens; any decoder works), or "external":
+    the caller supplies the base prediction (loss_with_base / sample_with_base), e.g. a VLM's decoded
+    autoregressive FAST tokens."""
     base_options: dict = field(default_factory=dict)
     """Options for the base decoder (e.g. {"num_bins": 32}); net/hidden_dim/depth default to this decoder's."""
     source_std: float | None = None
@@ -71,7 +73,9 @@ class ResidualDecoder(Decoder):
     def __init__(self, config):
         super().__init__(config)
         opts = {"net": config.net, "hidden_dim": config.hidden_dim, "depth": config.depth, **config.base_options}
-        self.base = make_decoder(config.base, config.cond_dim, config.target_shape, **opts)
+        self.base = None
+        if config.base != "external":
+            self.base = make_decoder(config.base, config.cond_dim, config.target_shape, **opts)
         self.register_buffer("sigma", torch.full((config.dim,), float(config.source_std or 1.0)))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.refiner = self._net(in_dim=2 * config.dim, out_dim=config.dim, use_time=True)
@@ -79,6 +83,8 @@ class ResidualDecoder(Decoder):
     # ---- base predictor ------------------------------------------------------------------------------
     def set_stats(self, stats: NormStats) -> None:
         super().set_stats(stats)
+        if self.base is None:
+            return
         q01, q99 = self.normalizer.normalize(stats.q01), self.normalizer.normalize(stats.q99)
         zeros, ones = torch.zeros_like(q01), torch.ones_like(q01)
         # The base sees targets already normalised by this decoder.
@@ -86,12 +92,46 @@ class ResidualDecoder(Decoder):
 
     def fit_normalizer(self, target: Tensor, mask: Tensor | None = None) -> NormStats:
         stats = super().fit_normalizer(target, mask)
-        self.base.fit_normalizer(self.normalizer.normalize(target), mask)
+        if self.base is not None:
+            self.base.fit_normalizer(self.normalizer.normalize(target), mask)
         return stats
 
     def base_prediction(self, cond: Tensor) -> Tensor:
         """cond [B, C] -> [B, T, D] the base's (detached) prediction in normalised units."""
-        return self.base.sample(cond, 1)[:, 0]
+        return self._own_base().sample(cond, 1)[:, 0]
+
+    def _own_base(self) -> Decoder:
+        if self.base is None:
+            raise ValueError(
+                f"{self.name} with base='external' refines a base prediction the caller supplies: use "
+                "loss_with_base(cond, target, base) and sample_with_base(cond, base, num_samples)"
+            )
+        return self.base
+
+    # ---- an external base (e.g. a VLM's decoded tokens) -------------------------------------------------
+    def _check_base(self, cond: Tensor, base: Tensor) -> Tensor:
+        check_shape("base", base, (cond.shape[0], *self.config.target_shape), " (batch of cond, *target_shape)")
+        check_finite("base", base)
+        return self.normalizer.normalize(base.detach())
+
+    def loss_with_base(self, cond: Tensor, target: Tensor, base: Tensor, mask: Tensor | None = None) -> DecoderLoss:
+        """The refiner's loss around base [B, T, D] (target units, no gradient flows into it)."""
+        x_1, mask = self._prepare(cond, target, mask)
+        b = self._check_base(cond, base)
+        return self._checked(self._refine_step(cond, b, x_1, mask, x_1.new_zeros(()), {}, refine=True))
+
+    @torch.no_grad()
+    def sample_with_base(
+        self, cond: Tensor, base: Tensor, num_samples: int = 1, steps: int | None = None, generator=None
+    ) -> Tensor:
+        """Refine base [B, T, D] (target units) into [B, K, T, D] samples."""
+        self._check_cond(cond)
+        check_positive("num_samples", num_samples)
+        x = self._sample_around(cond, self._check_base(cond, base), num_samples, steps, generator)
+        return self.normalizer.unnormalize(x)
+
+    def base_nfe(self) -> int:
+        return 0 if self.base is None else self.base.nfe()
 
     # ---- coordinates ----------------------------------------------------------------------------------
     def to_coords(self, x: Tensor, b: Tensor) -> Tensor:
@@ -123,25 +163,32 @@ class ResidualDecoder(Decoder):
         stage, metrics = self.stage(), {}
         loss = x_1.new_zeros(())
         if stage in ("joint", "base"):
-            base_out = self.base.loss(cond, x_1, mask)
+            base_out = self._own_base().loss(cond, x_1, mask)
             loss = loss + base_out.loss
             metrics["base_loss"] = base_out.loss.item()
         b = self.base_prediction(cond)
+        return self._refine_step(cond, b, x_1, mask, loss, metrics, refine=stage in ("joint", "refiner"))
+
+    def _refine_step(self, cond, b, x_1, mask, loss: Tensor, metrics: dict, refine: bool) -> DecoderLoss:
+        """Add the refiner's loss around base b (normalised, detached) to loss; track sigma and the step."""
         self._update_sigma(b, x_1, mask)
         metrics["base_mae"] = masked_mean((b - x_1).abs(), mask).item()
         metrics["sigma"] = self.sigma.mean().item()
-        if stage in ("joint", "refiner"):
-            refine = self._refine_loss(cond, b, x_1, mask)
-            loss = loss + refine
-            metrics["refine_loss"] = refine.item()
+        if refine:
+            refine_loss = self._refine_loss(cond, b, x_1, mask)
+            loss = loss + refine_loss
+            metrics["refine_loss"] = refine_loss.item()
         if self.training:
             self.step += 1
         metrics["loss"] = loss.item()
         return DecoderLoss(loss, metrics)
 
     def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
-        b = repeat_samples(self.base_prediction(cond), k)
-        x = self._refine_sample(repeat_samples(cond, k), b, steps, generator)
+        return self._sample_around(cond, self.base_prediction(cond), k, steps, generator)
+
+    def _sample_around(self, cond: Tensor, b: Tensor, k: int, steps, generator) -> Tensor:
+        """b [B, T, D] normalised base -> [B, K, T, D] normalised refined samples."""
+        x = self._refine_sample(repeat_samples(cond, k), repeat_samples(b, k), steps, generator)
         return x.view(cond.shape[0], k, *self.config.target_shape)
 
     def _refine_loss(self, cond: Tensor, b: Tensor, x_1: Tensor, mask: Tensor) -> Tensor:
@@ -178,7 +225,8 @@ class ResidualFlowDecoder(ResidualDecoder):
         return self.from_coords(self.config.integrate(self._refiner_fn(cond, b), c_0, steps), b)
 
     def nfe(self, steps: int | None = None) -> int:
-        return self.base.nfe() + (steps or self.config.steps)
+        """Base evaluations (none for an external base) plus the refiner's steps."""
+        return self.base_nfe() + (steps or self.config.steps)
 
 
 @dataclass
@@ -211,4 +259,4 @@ class ResidualDriftDecoder(ResidualDecoder):
         return self.from_coords(self._generate(cond, b, generator, self.config.temperature), b)
 
     def nfe(self, steps: int | None = None) -> int:
-        return self.base.nfe() + 1
+        return self.base_nfe() + 1
