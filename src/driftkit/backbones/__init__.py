@@ -17,11 +17,16 @@ import driftkit.nets.expert  # noqa: F401  (registers the "expert" net VLMPolicy
 from driftkit.backbones.backbone import Backbone, PrefixState
 from driftkit.backbones.config import BackboneConfig, VLMFeatures
 from driftkit.backbones.families import FAMILIES, list_presets
+from driftkit.backbones.fast_head import FASTHeadConfig, FASTLMHead
+from driftkit.backbones.fast_policy import FASTResidualPolicy
 from driftkit.decoders.lm_tokens import LMTokensDecoder
 from driftkit.backbones.policy import VLMPolicy
 
 __all__ = [
     "FAMILIES",
+    "FASTHeadConfig",
+    "FASTLMHead",
+    "FASTResidualPolicy",
     "Backbone",
     "BackboneConfig",
     "LMTokensDecoder",
