@@ -33,8 +33,7 @@ def make_decoder(name: str, cond_dim: int, target_shape: tuple[int, int], **opti
     known = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for decoder {name!r}; valid options: {sorted(known - {'cond_dim', 'target_shape'})}"
-        )
+        valid = sorted(known - {"cond_dim", "target_shape"})
+        raise ValueError(f"unknown option(s) {unknown} for decoder {name!r}; valid options: {valid}")
     options.setdefault("normalization", cls.default_normalization)
     return cls(cls.config_class(cond_dim=cond_dim, target_shape=target_shape, **options))

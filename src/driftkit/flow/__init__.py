@@ -9,4 +9,7 @@ from driftkit.flow.path import PREDICTIONS, as_velocity, flow_matching_loss, int
 from driftkit.flow.solver import euler
 from driftkit.flow.time import TIME_SAMPLERS, sample_time
 
-__all__ = ["PREDICTIONS", "TIME_SAMPLERS", "as_velocity", "euler", "flow_matching_loss", "interpolate", "sample_time", "target_velocity"]
+__all__ = [
+    "PREDICTIONS", "TIME_SAMPLERS", "as_velocity", "euler", "flow_matching_loss", "interpolate", "sample_time",
+    "target_velocity",
+]
