@@ -21,6 +21,7 @@ import shlex
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,18 +47,18 @@ class Run:
 
 
 CONFIGS: dict[str, Run] = {
-    "regression": Run("regression", "regression", note="MLP head, L1; deterministic"),
-    "tokens": Run("tokens", "tokens", note="256 uniform bins per action value, argmax"),
     "flow-10": Run("flow", "flow", {"steps": 10}, note="flow matching, 10 Euler steps"),
     "flow-1": Run("flow", "flow", {"steps": 10}, {"steps": 1}, note="the flow-10 checkpoint run with 1 Euler step"),
-    "residual_flow": Run("residual_flow", "residual_flow", note="regression base + 10-step flow refiner"),
     "drift": Run("drift", "drift", {"grouping": "action_dim"}, note="one-step drifting generator, action_dim groups"),
-    "drift-chunk": Run("drift-chunk", "drift", {"grouping": "chunk"}, note="drift, whole chunk as one group"),
-    "drift-timestep": Run("drift-timestep", "drift", {"grouping": "timestep"}, note="drift, one group per step"),
-    "residual_drift": Run("residual_drift", "residual_drift", note="regression base + one-step drifting refiner"),
-    "discrete_flow": Run("discrete_flow", "discrete_flow", note="discrete flow matching over 256 bins"),
     "drift+keystone8": Run("drift", "drift", {"grouping": "action_dim"}, {"num_samples": 8, "select": "keystone"},
                            note="the drift checkpoint, K=8 samples, KeyStone selection"),
+    "regression": Run("regression", "regression", note="MLP head, L1; deterministic"),
+    "residual_flow": Run("residual_flow", "residual_flow", note="regression base + 10-step flow refiner"),
+    "residual_drift": Run("residual_drift", "residual_drift", note="regression base + one-step drifting refiner"),
+    "tokens": Run("tokens", "tokens", note="256 uniform bins per action value, argmax"),
+    "drift-chunk": Run("drift-chunk", "drift", {"grouping": "chunk"}, note="drift, whole chunk as one group"),
+    "drift-timestep": Run("drift-timestep", "drift", {"grouping": "timestep"}, note="drift, one group per step"),
+    "discrete_flow": Run("discrete_flow", "discrete_flow", note="discrete flow matching over 256 bins"),
 }
 MULTI_SEED = ("flow-10", "flow-1", "drift", "drift+keystone8")
 # The questions the summary answers: (config a, config b, question).
@@ -67,6 +68,7 @@ QUESTIONS = (
     ("residual_flow", "regression", "Does residual_flow beat its base predictor (regression)?"),
     ("residual_drift", "regression", "Does residual_drift beat its base predictor (regression)?"),
     ("drift+keystone8", "drift", "Does KeyStone (K=8) help drift?"),
+    ("flow-10", "regression", "Does 10-step flow beat plain regression on this data?"),
 )
 
 
@@ -94,8 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def plan(args) -> list[tuple[str, int]]:
-    """(config, training seed) in run order: seed 0 of every configuration first, so a sweep cut short
-    still holds one run of each; then the extra seeds."""
+    """(config, training seed) in run order: the first seed of every configuration first (those the summary's
+    questions need at the front), so a sweep cut short still holds one run of each; then the extra seeds."""
     configs = [c for c in args.configs.split(",") if c]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
@@ -124,7 +126,7 @@ def ensure_data(args, data: Path) -> None:
     """Collect the MT10 demonstrations unless a complete dataset is already there."""
     from driftkit.envs.collect import CollectConfig, collect
 
-    if (data / "meta" / "info.json").is_file():
+    if (data / "meta" / "driftkit_collection.json").is_file():  # written last: the collection completed
         return
     print("$", shlex.join(collect_command(args, data)), flush=True)
     cfg = CollectConfig(tasks=["mt10"], episodes=args.episodes_per_task, noise_std=args.noise_std,
@@ -187,17 +189,19 @@ def evaluate_checkpoint(args, config: str, run: Run, checkpoint: Path, data: Pat
     return results, time.perf_counter() - start, command
 
 
-def run_one(args, config: str, seed: int, data: Path, results_dir: Path) -> Path:
+def run_one(args, config: str, seed: int, data: Path, results_dir: Path, command: str) -> Path:
     run = CONFIGS[config]
     checkpoint, train_s, train_cmd = train_checkpoint(args, run, seed, data)
     results, eval_s, eval_cmd = evaluate_checkpoint(args, config, run, checkpoint, data)
     episodes = [{k: e[k] for k in ("task", "seed", "episode", "success", "length")} for e in results["episodes"]]
     record = {
-        "config": config, "training_seed": seed, "decoder": run.decoder, "decoder_options": run.options,
+        "config": config, "training_seed": seed, "sweep_command": command, "decoder": run.decoder,
+        "decoder_options": run.options,
         "eval_options": run.eval, "note": run.note, "checkpoint": str(checkpoint),
         "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
         "commands": {"collect": shlex.join(collect_command(args, data)), "train": shlex.join(train_cmd),
                      "eval": shlex.join(eval_cmd)},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("configs", "summary_only")},
         "machine": machine(), "eval_config": results["config"], "summary": results["summary"],
         "seed_points": results["seed_points"], "episodes": episodes,
     }
@@ -252,11 +256,12 @@ def config_stats(config: str, records: list[dict]) -> ConfigStats:
         eval_seconds=sum(rec["eval_seconds"] for rec in records))
 
 
-def answer(a: ConfigStats | None, b: ConfigStats | None, question: str) -> str:
+def answer(stats: dict[str, ConfigStats], name_a: str, name_b: str, question: str) -> str:
     """One plain sentence: the two rates, their difference, and whether it exceeds 2 standard errors."""
+    a, b = stats.get(name_a), stats.get(name_b)
     if a is None or b is None:
-        missing = [name for name, s in ((question, a), (question, b)) if s is None]
-        return f"**{question}** Not answered yet: a configuration it needs has not run ({len(missing)} missing)."
+        missing = [n for n in (name_a, name_b) if n not in stats]
+        return f"**{question}** Not answered: {', '.join(missing)} has not run yet."
     diff = a.mean - b.mean
     noise = 2 * math.sqrt(a.se**2 + b.se**2)
     verdict = ("the difference is inside the noise (|diff| <= 2 SE of the difference)" if abs(diff) <= noise
@@ -274,7 +279,7 @@ def summary_markdown(stats: dict[str, ConfigStats], missing: list[str], header: 
     lines = [f"# Meta-World MT10 (state-based) — decoder comparison\n",
              f"Command: `{header['command']}`\n", f"Machine: `{json.dumps(header['machine'])}`\n",
              f"Setup: {header['setup']}\n", "## Answers\n"]
-    lines += [f"- {answer(stats.get(a), stats.get(b), q)}" for a, b, q in QUESTIONS]
+    lines += [f"- {answer(stats, a, b, q)}" for a, b, q in QUESTIONS]
     lines += ["", "## All configurations (success over all 10 tasks)\n",
               "| configuration | training seeds | episodes | success % (mean over seeds) | ± seed std | "
               "± binomial SE | per-seed % | mean length | NFE/chunk | ms/chunk (median) |",
@@ -301,8 +306,6 @@ def summary_markdown(stats: dict[str, ConfigStats], missing: list[str], header: 
 
 
 def write_summary(args, results_dir: Path, command: str) -> Path:
-    from driftkit.eval import plot_success_vs_latency
-
     records: dict[str, list[dict]] = {}
     for path in sorted(results_dir.glob("*__seed*.json")):
         rec = json.loads(path.read_text())
@@ -310,23 +313,47 @@ def write_summary(args, results_dir: Path, command: str) -> Path:
     stats = {c: config_stats(c, sorted(records[c], key=lambda r: r["training_seed"])) for c in CONFIGS
              if c in records}
     missing = [f"{c} (seed {s})" for c, s in plan(args) if not run_path(results_dir, c, s).exists()]
+    # Describe the settings the runs were made with (a --summary-only call may not repeat them).
+    done = [rec for recs in records.values() for rec in recs]
+    if done and "settings" in done[0]:
+        args = argparse.Namespace(**{**vars(args), **done[0]["settings"]})
     setup = (f"{args.episodes_per_task} demonstrations per task (Gaussian action noise std {args.noise_std}, "
              f"left/right detour probability {args.alt_path_prob}); {args.train_steps} training steps, batch "
              f"{args.batch_size}, lr {args.lr}, width {args.hidden}, horizon 16, 8 actions executed per chunk; "
              f"evaluation: {args.eval_episodes} episodes per task x evaluation seeds {args.eval_seeds}, at most "
              f"{args.eval_max_steps} steps; torch threads {args.threads}.")
-    header = {"command": command, "machine": machine(), "setup": setup}
+    made_by = list(dict.fromkeys(rec.get("sweep_command", command) for rec in done))
+    header = {"command": " && ".join(made_by or [command]), "machine": machine(), "setup": setup}
     (results_dir / "summary.md").write_text(summary_markdown(stats, missing, header))
     payload = {**header, "configs": {c: vars(s) for c, s in stats.items()}, "not_run": missing,
-               "answers": [answer(stats.get(a), stats.get(b), q) for a, b, q in QUESTIONS]}
+               "answers": [answer(stats, a, b, q) for a, b, q in QUESTIONS]}
     (results_dir / "summary.json").write_text(json.dumps(payload, indent=2))
-    points = [{"decoder": rec["config"], "seed": rec["training_seed"],
-               "success_rate": next(r for r in rec["summary"] if r["group"] == "all")["success_rate"],
-               "chunk_ms_median": next(r for r in rec["summary"] if r["group"] == "all")["chunk_ms_median"]}
-              for c in stats for rec in records[c]]
-    plot_success_vs_latency(points, results_dir / "success_vs_latency.png",
-                            title="MT10: success vs latency (one point per configuration and training seed)")
+    plot(stats, records, results_dir / "success_vs_latency.png")
     return results_dir / "summary.md"
+
+
+def plot(stats: dict[str, ConfigStats], records: dict[str, list[dict]], path: Path) -> None:
+    """Success against median ms per chunk, one point per (configuration, training seed); eleven
+    configurations need more distinct colours than driftkit.eval's tab10 plot has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.0, 4.5))
+    for i, config in enumerate(stats):
+        rows = [next(r for r in rec["summary"] if r["group"] == "all") for rec in records[config]]
+        ax.scatter([r["chunk_ms_median"] for r in rows], [100 * r["success_rate"] for r in rows], label=config,
+                   color=plt.cm.tab20(i % 20), marker="os^Dv<>p*hX"[i % 11], s=40, alpha=0.9)
+    ax.set_xscale("log")
+    ax.set_xlabel("median ms per action chunk (CPU, batch 1)")
+    ax.set_ylabel("MT10 success rate (%)")
+    ax.set_title("MT10: one point per configuration and training seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -342,7 +369,12 @@ def main(argv=None) -> None:
             if run_path(results_dir, config, seed).exists():
                 continue
             start = time.perf_counter()
-            path = run_one(args, config, seed, data, results_dir)
+            try:
+                path = run_one(args, config, seed, data, results_dir, command)
+            except Exception:  # one broken configuration should not stop the sweep; a rerun retries it
+                traceback.print_exc()
+                print(f"[{time.strftime('%H:%M:%S')}] {config} seed {seed}: FAILED (no run file written)", flush=True)
+                continue
             rate = next(r for r in json.loads(path.read_text())["summary"] if r["group"] == "all")["success_rate"]
             print(f"[{time.strftime('%H:%M:%S')}] {config} seed {seed}: success {100 * rate:.1f}% "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)

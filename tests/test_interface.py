@@ -187,3 +187,13 @@ def test_non_finite_loss_raises_instead_of_training_on():
         dec.net.inp.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="regression loss is nan"):
         dec.loss(torch.randn(2, 6), torch.randn(2, 4, 2))
+
+
+def test_weights_of_another_decoder_with_identical_tensors_are_refused(tmp_path):
+    """flow and drift nets have the same parameter names and shapes; the decoder's name inside the weights
+    still tells them apart."""
+    driftkit.save_decoder(_decoder("flow"), tmp_path / "flow")
+    driftkit.save_decoder(_decoder("drift"), tmp_path / "drift")
+    (tmp_path / "flow" / "model.safetensors").replace(tmp_path / "drift" / "model.safetensors")
+    with pytest.raises(ValueError, match="hold a 'flow' decoder, not 'drift'"):
+        driftkit.load_decoder(tmp_path / "drift")

@@ -77,7 +77,7 @@ def eval_command(
     for row in results["summary"]:
         if row["group"] == "all":
             typer.echo(f"{row['decoder']:<24} success {100 * row['success_rate']:.1f}% "
-                       f"± {100 * row['success_se']:.1f}  ms/chunk {row['chunk_ms_median']}")
+                       f"± {100 * row['success_se']:.1f}  ms/chunk {row['chunk_ms_median']:.2f}")
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'success_vs_latency.png'}")
 
 

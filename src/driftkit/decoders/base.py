@@ -66,6 +66,19 @@ class DecoderConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+_NAME_BYTES = 32
+
+
+def _encode_name(name: str) -> Tensor:
+    """A registry name as a fixed-size uint8 tensor [32] (zero padded)."""
+    raw = name.encode()[:_NAME_BYTES]
+    return torch.tensor(list(raw) + [0] * (_NAME_BYTES - len(raw)), dtype=torch.uint8)
+
+
+def _decode_name(code: Tensor) -> str:
+    return bytes(int(b) for b in code.tolist() if b).decode(errors="replace")
+
+
 @dataclass
 class DecoderLoss:
     """A training loss and the scalars worth logging next to it."""
@@ -87,6 +100,15 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.normalizer = Normalizer(config.dim, config.normalization)
+        # The registry name travels inside every state dict, so weights of another decoder whose tensors
+        # happen to have the same names and shapes (flow and drift, say) are refused on load.
+        self.register_buffer("kind", _encode_name(self.name))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "kind")
+        if saved is not None and _decode_name(saved) != self.name:
+            raise ValueError(f"these weights hold a {_decode_name(saved)!r} decoder, not {self.name!r}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---- the contract ----------------------------------------------------------------------------
     def loss(self, cond: Tensor, target: Tensor, mask: Tensor | None = None) -> DecoderLoss:

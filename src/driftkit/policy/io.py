@@ -57,7 +57,10 @@ def load_policy(path: str | os.PathLike, config: PolicyConfig | None = None, dev
         )
     policy = Policy(config if config is not None else saved)
     state = load_file(str(Path(path) / WEIGHTS_NAME), device=device)
-    missing, unexpected = policy.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+    except ValueError as err:  # weights of another decoder (the decoder checks its name on load)
+        raise ValueError(f"{Path(path) / WEIGHTS_NAME}: {err}; config.json names {saved.decoder!r}") from err
     if missing or unexpected:
         raise ValueError(
             f"weights in {path} do not fit a {policy.config.decoder!r} policy: missing {sorted(missing)[:5]}, "
