@@ -12,20 +12,12 @@ import driftkit.nets.expert  # noqa: F401  (registers the "expert" net)
 from driftkit import make_decoder
 from driftkit.backbones import Backbone, VLMPolicy, list_presets
 from driftkit.decoders.registry import DECODERS
+from vlm_helpers import FAMILIES, images
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "paligemma"]
 PROMPTS = ["pick up the red cube", "go", "open the drawer", "push"]
 T, D = 4, 2
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
-
-
-def images(n: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(n)]
 
 
 def tiny(family: str, **options) -> Backbone:

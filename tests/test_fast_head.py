@@ -12,20 +12,12 @@ from driftkit import make_decoder
 from driftkit.backbones import Backbone
 from driftkit.backbones import FASTHeadConfig, FASTLMHead, FASTResidualPolicy
 from driftkit.tokenizers.fast import FASTTokenizer
+from vlm_helpers import FAMILIES, images
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "paligemma"]
 PROMPTS = ["pick up the red cube", "go", "open the drawer"]
 T, D, N_FAST = 4, 2, 100
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
-
-
-def images(n: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(n)]
 
 
 def chunks(n: int, seed: int = 0) -> torch.Tensor:
