@@ -28,14 +28,16 @@ import torch
 
 from common import write_results
 from driftkit.grounding.experiment import (
-    DECODER_SPECS, GroundingExperimentConfig, build_datasets, constant_baseline, build_policy, eval_variants, evaluate,
-    parse_decoder_spec, resolve_device, run_experiment, train_policy,
+    DECODER_SPECS, GroundingExperimentConfig, backbone_input_size, build_datasets, build_policy, constant_baseline,
+    eval_variants, evaluate, parse_decoder_spec, resolve_device, run_experiment, train_policy,
 )
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = {
-    # ~1000 steps x 6 decoders x 3 seeds: about 35-50 min per task on 2 CPU cores (see docs/grounding.md).
-    "cpu": dict(backbone="qwen2_5_vl-tiny", steps=1000, batch_size=32, train_size=2048, test_size=256),
+    # 1000 steps x 6 decoders x 3 seeds: about 45 min per task on 2 CPU cores (see docs/grounding.md). 112-pixel
+    # input: Qwen2.5-VL merges 28x28 pixels into one token, so 16 image tokens, and one token per 28-pixel frame.
+    "cpu": dict(backbone="qwen2_5_vl-tiny", steps=1000, batch_size=32, lr=1e-3, train_size=8192, test_size=256,
+                image_size=112, frame_size=28, frame_gap=0),
     "large": dict(backbone="qwen2_5_vl-mid", steps=4000, batch_size=32, train_size=16384, test_size=1024,
                   hidden_dim=256, depth=3, lr=1e-4, warmup_steps=200, image_size=224, frame_size=48,
                   device="cuda"),
@@ -57,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, help="Override the sizing's training steps.")
     p.add_argument("--backbone", help="Override the sizing's backbone preset, e.g. paligemma-tiny.")
+    p.add_argument("--kinds", nargs="+", help="Spatial expression kinds (default: the referring mix); e.g. "
+                   "'single' for the localisation-only level. Named in the default output stem.")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
     p.add_argument("--out", type=Path, help="Output stem (default benchmarks/results/grounding-<task>[-large]).")
     args = p.parse_args(argv)
@@ -71,6 +75,8 @@ def make_config(args, spec: str, seed: int) -> GroundingExperimentConfig:
         sizing["steps"] = args.steps
     if args.backbone:
         sizing["backbone"] = args.backbone
+    if args.kinds:
+        sizing["kinds"] = tuple(args.kinds)
     return GroundingExperimentConfig(task=args.task, decoder=spec, seed=seed, **sizing)
 
 
@@ -157,7 +163,8 @@ def refinement_table(results: list[dict], task: str) -> str:
 def write_summary(args, out: Path, results: list[dict], baseline: dict) -> None:
     cfg = results[0]["config"]
     settings = {k: cfg[k] for k in ("backbone", "mode", "steps", "batch_size", "lr", "train_size", "test_size",
-                                    "cond", "hidden_dim", "depth")}
+                                    "cond", "hidden_dim", "depth", "kinds", "image_size", "frame_size", "frame_gap")}
+    settings["input_size"] = backbone_input_size(GroundingExperimentConfig(**cfg))
     table = (f"Task: {args.task}; settings: {json.dumps(settings)}; seeds {sorted({r['seed'] for r in results})}.\n"
              f"Percentages; mean ± sample std over training seeds (the data are the same for every seed). "
              f"{results[0]['postprocess'].capitalize()}. 'T=0': the same weights sampled at temperature 0; "
@@ -208,7 +215,8 @@ def main(argv=None) -> None:
     if args.estimate:
         estimate(args)
         return
-    suffix = "-large" if args.large else "-smoke" if args.smoke else ""
+    suffix = ("-" + "-".join(args.kinds) if args.kinds else "") + ("-large" if args.large else "-smoke" if args.smoke
+                                                                   else "")
     out = args.out or RESULTS / f"grounding-{args.task}{suffix}"
     results = sweep(args, out)
     print(f"wrote {out.with_suffix('.md')} ({len(results)} runs)")

@@ -142,6 +142,29 @@ def test_input_errors_name_the_bad_value():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_preset_image_size_sets_the_number_of_image_tokens(family):
+    small, large = tiny(family), tiny(family, image_size=128)
+    assert large.image_size == 128 and large.config.image_size == 128
+    n_small = small.encode(images(1), PROMPTS[:1]).prefix.shape[1]
+    n_large = large.encode(images(1), PROMPTS[:1]).prefix.shape[1]
+    assert n_large > n_small, "a larger input side must give more image tokens"
+    rebuilt = Backbone.from_config(large.config)  # the option travels with the saved config
+    assert rebuilt.image_size == 128
+
+
+def test_image_size_errors_name_the_bad_value(tmp_path):
+    with pytest.raises(ValueError, match="image_size=100 for paligemma; it must be a multiple of 16"):
+        tiny("paligemma", image_size=100)
+    with pytest.raises(ValueError, match="image_size=20 for qwen2_5_vl; it must be at least 28"):
+        tiny("qwen2_5_vl", image_size=20)
+    with pytest.raises(ValueError, match="image_size"):
+        tiny("qwen2_5_vl", image_size=0)
+    tiny("qwen2_5_vl").save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="image_size=112 for the checkpoint"):
+        Backbone.from_pretrained(str(tmp_path), image_size=112)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_from_pretrained_loads_a_local_checkpoint(family, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bb = tiny(family)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from driftkit.grounding.experiment import (
-    DECODER_SPECS, GroundingExperimentConfig, parse_decoder_spec, postprocess, run_experiment,
+    DECODER_SPECS, GroundingExperimentConfig, backbone_input_size, build_datasets, build_policy, parse_decoder_spec,
+    postprocess, run_experiment,
 )
 
 TINY = dict(steps=2, batch_size=4, train_size=8, test_size=6, eval_batch_size=4, latency_repeats=1, log_every=1,
@@ -46,6 +47,29 @@ def test_bad_config_values_raise_naming_the_value():
         GroundingExperimentConfig(steps=0)
     with pytest.raises(ValueError, match="batch_size=64 > train_size=8"):
         GroundingExperimentConfig(batch_size=64, train_size=8)
+
+
+def test_backbone_input_follows_the_generated_image():
+    """The backbone sees the generated side rounded down to its family's patch multiple, so a 4 x 4 grid of
+    28-pixel frames with no gap is 112 pixels: one 28-pixel Qwen token per frame."""
+    grid = GroundingExperimentConfig(task="temporal", num_frames=16, frame_size=28, frame_gap=0)
+    assert backbone_input_size(grid) == 112
+    gapped = GroundingExperimentConfig(task="temporal", num_frames=16, frame_size=32, frame_gap=2)  # 134 pixels
+    assert backbone_input_size(gapped) == 112
+    pali = GroundingExperimentConfig(task="spatial", image_size=100, backbone="paligemma-tiny")
+    assert backbone_input_size(pali) == 96
+    assert backbone_input_size(GroundingExperimentConfig(image_size=100, input_size=56)) == 56
+    cfg = GroundingExperimentConfig(task="temporal", frame_size=28, frame_gap=0, **{**TINY, "train_size": 4})
+    train, _ = build_datasets(cfg)
+    assert train[0]["images"].size == (112, 112)
+    assert build_policy(cfg, train.targets()).backbone.image_size == 112
+
+
+def test_kinds_pick_the_spatial_level():
+    cfg = GroundingExperimentConfig(kinds=["single"], **TINY)
+    assert cfg.kinds == ("single",)
+    train, _ = build_datasets(cfg)
+    assert {ex.kind for ex in train.examples} == {"single"}
 
 
 def test_postprocess_clips_then_sorts_each_pair():

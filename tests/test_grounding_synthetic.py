@@ -115,6 +115,25 @@ def test_every_expression_names_one_object_among_distractors(spatial):
     assert set(kinds) == set(SPATIAL.kinds) and min(kinds.values()) > 30
 
 
+def test_easy_levels_single_and_colour():
+    """'single' draws one object named by colour and shape; 'colour' names the one object of its colour, with
+    another object of another colour beside it."""
+    single = make_spatial_split(SpatialGroundingConfig(kinds=("single",), train_size=40, seed=1), "train")
+    for ex in single:
+        assert len(ex.scene.objects) == 1 and ex.target == 0
+        o = ex.scene.objects[0]
+        assert ex.expression == f"the {o.colour} {o.shape}" and ex.box == ex.scene.box(0)
+    assert len({ex.box for ex in single}) == len(single)  # positions vary, so the text alone gives no box
+    colour = make_spatial_split(SpatialGroundingConfig(kinds=("colour",), train_size=40, seed=1), "train")
+    for ex in colour:
+        t = ex.scene.objects[ex.target]
+        assert ex.expression == f"the {t.colour} object"
+        assert [o.colour for o in ex.scene.objects].count(t.colour) == 1 and len(ex.scene.objects) >= 3
+        assert is_unambiguous(ex.scene, ex.expression)
+    default = SpatialGroundingConfig()
+    assert "single" not in default.kinds and "colour" not in default.kinds
+
+
 def test_same_expression_names_objects_all_over_the_image(spatial):
     boxes = collections.defaultdict(list)
     for ex in spatial["train"]:

@@ -70,11 +70,11 @@ class Backbone(nn.Module):
         tok = byte_level_tokenizer(list(dict.fromkeys(family.special_tokens.values())))
         ids = {role: tok.convert_tokens_to_ids(s) for role, s in family.special_tokens.items()}
         ids.update(pad=tok.pad_token_id, bos=tok.bos_token_id, eos=tok.eos_token_id, vocab=len(tok))
+        image_size = family.check_image_size(config.image_size or IMAGE_SIZE[size])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model = family.load_class()(family.presets[size](ids))
+            model = family.load_class()(family.presets[size](ids, image_size))
         model = model.to(torch_dtype(config.dtype)).eval()
-        image_size = IMAGE_SIZE[size]
         return cls(config, model, tok, family.image_processor(size=image_size), image_size)
 
     @classmethod
@@ -92,6 +92,9 @@ class Backbone(nn.Module):
                 family = family_of_model_type(json.load(f).get("model_type"), path).name
         fam = get_family(family)
         config = BackboneConfig(source=path, family=family, **options)
+        if config.image_size is not None:
+            raise ValueError(f"got image_size={config.image_size} for the checkpoint {path!r}; a checkpoint keeps "
+                             "its own image processor's size (image_size applies to presets only)")
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(path)

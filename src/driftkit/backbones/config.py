@@ -43,12 +43,18 @@ class BackboneConfig:
     """Weights' dtype: float32, bfloat16 or float16."""
     seed: int = 0
     """Initialisation seed of a randomly initialised preset."""
+    image_size: int | None = None
+    """Presets only: input image side in pixels (None = the preset's default, tiny 64 and mid 224). Qwen
+    families round it down to a multiple of 28 (32 for Qwen3-VL); SmolVLM and PaliGemma need a multiple of 32
+    and 16. A local checkpoint keeps its own processor's size."""
 
     def __post_init__(self):
         check_positive("num_query_tokens", self.num_query_tokens)
         check_positive("max_length", self.max_length)
         check_choice("mode", self.mode, MODES)
         check_positive("lora_rank", self.lora_rank)
+        if self.image_size is not None:
+            check_positive("image_size", self.image_size)
         if self.num_query_tokens > 1 and "{i}" not in self.query_token:
             raise ValueError(f"got query_token={self.query_token!r} with num_query_tokens={self.num_query_tokens}; "
                              "the format needs '{i}' to make distinct tokens")

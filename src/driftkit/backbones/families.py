@@ -39,13 +39,21 @@ class Family:
     """First text position id (PaliGemma counts from 1)."""
     mrope: bool = False
     """Qwen-style 3-D rotary positions that need mm_token_type_ids."""
-    presets: dict[str, Callable[[dict[str, int]], object]] = field(default_factory=dict, compare=False)
-    """Preset size ("tiny", "mid") -> function(token ids) -> transformers config."""
+    presets: dict[str, Callable[[dict[str, int], int], object]] = field(default_factory=dict, compare=False)
+    """Preset size ("tiny", "mid") -> function(token ids, image side) -> transformers config."""
 
     def load_class(self):
         import transformers
 
         return getattr(transformers, self.model_class)
+
+    def check_image_size(self, size: int) -> int:
+        """A preset's input side, checked: at least one patch, and a whole number of patches where the vision
+        tower has a fixed grid (Qwen's processors round any size down to whole merged patches)."""
+        if size < self.patch_multiple or (not self.mrope and size % self.patch_multiple):
+            rule = "at least" if self.mrope else "a multiple of"
+            raise ValueError(f"got image_size={size} for {self.name}; it must be {rule} {self.patch_multiple}")
+        return size
 
     def image_processor(self, size: int | None = None, path: str | None = None):
         """The family's image processor; from a local checkpoint if path is given, else sized for presets."""
@@ -84,7 +92,7 @@ def _text(s: dict, ids: dict[str, int], **extra) -> dict:
 
 
 def _qwen_config(version: str, size: str):
-    def build(ids: dict[str, int]):
+    def build(ids: dict[str, int], image_size: int):  # Qwen's vision tower takes any size: image_size unused
         import transformers
 
         s = SIZES[size]
@@ -114,12 +122,12 @@ def _qwen_config(version: str, size: str):
 
 
 def _idefics3_config(size: str):
-    def build(ids: dict[str, int]):
+    def build(ids: dict[str, int], image_size: int):
         import transformers
 
         s = SIZES[size]
         vision = dict(hidden_size=s["vh"], intermediate_size=2 * s["vh"], num_hidden_layers=s["vn"],
-                      num_attention_heads=s["vheads"], image_size=IMAGE_SIZE[size], patch_size=16)
+                      num_attention_heads=s["vheads"], image_size=image_size, patch_size=16)
         text = _text(s, ids, model_type="llama", pad_token_id=ids["pad"], head_dim=s["h"] // s["heads"])
         return transformers.Idefics3Config(
             text_config=text, vision_config=vision, image_token_id=ids["image"], scale_factor=2,
@@ -130,11 +138,11 @@ def _idefics3_config(size: str):
 
 
 def _paligemma_config(size: str):
-    def build(ids: dict[str, int]):
+    def build(ids: dict[str, int], image_size: int):
         import transformers
 
         s = SIZES[size]
-        image, patch = IMAGE_SIZE[size], 16
+        image, patch = image_size, 16
         vision = dict(model_type="siglip_vision_model", hidden_size=s["vh"], intermediate_size=2 * s["vh"],
                       num_hidden_layers=s["vn"], num_attention_heads=s["vheads"], image_size=image, patch_size=patch,
                       projection_dim=s["h"], vision_use_head=False)

@@ -20,6 +20,7 @@ identical features.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -110,9 +111,18 @@ class GroundingExperimentConfig:
     test_size: int = 256
     image_size: int = 64
     """Spatial images' side in pixels."""
+    kinds: tuple[str, ...] | None = None
+    """Spatial expression kinds (synthetic.SPATIAL_KINDS); None = the generator's default referring mix."""
+    max_objects: int | None = None
+    """Most objects per image or clip; None = the generator's default (spatial 6, temporal 4)."""
     num_frames: int = 16
     """Temporal clips' frames, all tiled into one grid image."""
     frame_size: int = 32
+    frame_gap: int = 2
+    """Pixels between the frames of the grid image."""
+    input_size: int | None = None
+    """Backbone input side in pixels (Backbone image_size); None = the generated image's side (the spatial
+    image, or the temporal frame grid) rounded down to the backbone family's patch multiple."""
     eval_batch_size: int = 64
     latency_repeats: int = 10
     """Batch-1 sample() calls timed for latency_ms (0 skips the latency measurement)."""
@@ -135,8 +145,11 @@ class GroundingExperimentConfig:
         for name in ("num_query_tokens", "hidden_dim", "depth", "steps", "batch_size", "lr", "train_size",
                      "test_size", "eval_batch_size", "log_every"):
             check_positive(name, getattr(self, name))
-        for name in ("warmup_steps", "weight_decay", "grad_clip", "latency_repeats", "seed", "data_seed"):
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "latency_repeats", "seed", "data_seed",
+                     "frame_gap"):
             check_positive(name, getattr(self, name), allow_zero=True)
+        if self.kinds is not None:
+            self.kinds = tuple(self.kinds)
         if self.batch_size > self.train_size:
             raise ValueError(f"got batch_size={self.batch_size} > train_size={self.train_size}")
 
@@ -150,12 +163,33 @@ def build_datasets(cfg: GroundingExperimentConfig):
     from driftkit.grounding import synthetic as syn
 
     sizes = dict(train_size=cfg.train_size, val_size=0, test_size=cfg.test_size, seed=cfg.data_seed)
+    if cfg.max_objects is not None:
+        sizes["max_objects"] = cfg.max_objects
     if cfg.task == "spatial":
-        data = syn.SpatialGroundingConfig(image_size=cfg.image_size, **sizes)
+        kinds = {} if cfg.kinds is None else {"kinds": tuple(cfg.kinds)}
+        data = syn.SpatialGroundingConfig(image_size=cfg.image_size, **kinds, **sizes)
         return tuple(syn.SpatialGroundingDataset.from_config(data, s) for s in ("train", "test"))
     data = syn.TemporalGroundingConfig(num_frames=cfg.num_frames, frame_size=cfg.frame_size,
                                        max_event_frames=min(6, cfg.num_frames // 3), **sizes)
-    return tuple(syn.TemporalGroundingDataset.from_config(data, s) for s in ("train", "test"))
+    return tuple(syn.TemporalGroundingDataset.from_config(data, s, gap=cfg.frame_gap) for s in ("train", "test"))
+
+
+def generated_side(cfg: GroundingExperimentConfig) -> int:
+    """Side in pixels of the image the backbone is given: the spatial image, or the square grid of frames."""
+    if cfg.task == "spatial":
+        return cfg.image_size
+    cols = math.ceil(math.sqrt(cfg.num_frames))
+    return cols * cfg.frame_size + (cols - 1) * cfg.frame_gap
+
+
+def backbone_input_size(cfg: GroundingExperimentConfig) -> int:
+    """cfg.input_size, or the generated side rounded down to the preset family's patch multiple."""
+    from driftkit.backbones.families import get_family
+
+    if cfg.input_size is not None:
+        return cfg.input_size
+    multiple = get_family(cfg.backbone.rpartition("-")[0]).patch_multiple
+    return max(multiple, generated_side(cfg) // multiple * multiple)
 
 
 def build_policy(cfg: GroundingExperimentConfig, train_targets: Tensor):
@@ -167,7 +201,7 @@ def build_policy(cfg: GroundingExperimentConfig, train_targets: Tensor):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         backbone = Backbone.from_preset(cfg.backbone, num_query_tokens=cfg.num_query_tokens, mode=cfg.mode,
-                                        seed=cfg.seed)
+                                        seed=cfg.seed, image_size=backbone_input_size(cfg))
         options = {"net": "expert", "hidden_dim": cfg.hidden_dim, "depth": cfg.depth, **spec.options,
                    **cfg.decoder_options}
         decoder = make_decoder(spec.name, backbone.hidden_size, TARGET_SHAPES[cfg.task], **options)

@@ -23,7 +23,7 @@ from driftkit.grounding.synthetic_expressions import (
     POSITION_EXTREMES, RELATIONS, SIZE_EXTREMES, Expression, Scene, SceneObject, resolve,
 )
 
-SPATIAL_KINDS = ("colour_shape", "size_colour_shape", "size_shape", "relation", "extreme_size", "extreme_position")
+SPATIAL_KINDS = ("single", "colour", "colour_shape", "size_colour_shape", "size_shape", "relation", "extreme_size", "extreme_position")
 SIZE_RANGES = {"small": (0.10, 0.15), "large": (0.22, 0.30)}
 """Object side as a fraction of the image side, per size class (areas differ by more than 2x between classes)."""
 GAP = 2
@@ -43,8 +43,11 @@ class SpatialGroundingConfig:
     """Colour names used, from synthetic_common.PALETTE (>= 2)."""
     shapes: tuple[str, ...] = SHAPES
     """Shape names used (>= 2)."""
-    kinds: tuple[str, ...] = SPATIAL_KINDS
-    """Expression kinds drawn uniformly per example."""
+    kinds: tuple[str, ...] = ("colour_shape", "size_colour_shape", "size_shape", "relation", "extreme_size",
+                              "extreme_position")
+    """Expression kinds drawn uniformly per example. The default mix needs both attributes, sizes, relations or
+    extremes to single out the object; 'colour' (the one object of its colour) is an easier referring kind, and
+    'single' (one object, no distractor) a localisation-only warm-up that needs the image but not the text."""
     train_size: int = 512
     val_size: int = 128
     test_size: int = 256
@@ -97,7 +100,7 @@ def make_spatial_example(cfg: SpatialGroundingConfig, split: str, index: int) ->
         scene = _sample_scene(cfg, _plant(cfg, kind, rng), rng)
         if scene is None:
             continue
-        options = [(e, i) for e, i in _expressions(scene, kind) if _has_distractor(scene, i)]
+        options = [(e, i) for e, i in _expressions(scene, kind) if kind == "single" or _has_distractor(scene, i)]
         if options:
             expr, target = options[int(rng.integers(len(options)))]
             image = Image.fromarray(scene.render())
@@ -112,6 +115,8 @@ def _plant(cfg: SpatialGroundingConfig, kind: str, rng) -> list[tuple]:
     s, s2 = rng.choice(len(cfg.shapes), 2, replace=False)
     c, c2, s, s2 = cfg.colours[c], cfg.colours[c2], cfg.shapes[s], cfg.shapes[s2]
     return {
+        "single": [(c, s, None)],
+        "colour": [(c, s, None), (c2, s, None)],
         "colour_shape": [(c, s, None), (c, s2, None), (c2, s, None)],
         "size_colour_shape": [(c, s, "small"), (c, s, "large"), (c2, s, None)],
         "size_shape": [(c, s, "small"), (c2, s, "large")],
@@ -122,7 +127,7 @@ def _plant(cfg: SpatialGroundingConfig, kind: str, rng) -> list[tuple]:
 
 
 def _sample_scene(cfg: SpatialGroundingConfig, planted: list[tuple], rng) -> Scene | None:
-    n = max(len(planted), int(rng.integers(cfg.min_objects, cfg.max_objects + 1)))
+    n = 1 if len(planted) == 1 else max(len(planted), int(rng.integers(cfg.min_objects, cfg.max_objects + 1)))
     specs = list(planted) + [(None, None, None)] * (n - len(planted))
     objects = []
     for i in rng.permutation(n):
@@ -156,7 +161,11 @@ def _expressions(scene: Scene, kind: str) -> list[tuple[Expression, int]]:
         twins = [j for j, p in enumerate(objs) if j != i and (p.colour, p.shape) == (o.colour, o.shape)]
         same_shape = [j for j, p in enumerate(objs) if j != i and p.shape == o.shape]
         same_colour = [j for j, p in enumerate(objs) if j != i and p.colour == o.colour]
-        if kind == "colour_shape":
+        if kind == "single":
+            cands = [Expression(o.shape, o.colour)]
+        elif kind == "colour":
+            cands = [Expression(colour=o.colour)]
+        elif kind == "colour_shape":
             cands = [Expression(o.shape, o.colour)]
         elif kind == "size_colour_shape":
             cands = [Expression(o.shape, o.colour, o.size)] if twins else []
