@@ -17,16 +17,15 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 
 import driftkit.nets.expert  # noqa: F401  (registers "expert")
 from driftkit import list_decoders, make_decoder
-from driftkit.backbones import Backbone, VLMPolicy, list_presets
+from driftkit.backbones import Backbone, list_presets
+from driftkit.timing import median_ms
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -48,23 +47,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class Timer:
+    """Median milliseconds of fn() (driftkit.timing.median_ms) and one result of it."""
+
     def __init__(self, device: str, repeats: int, warmup: int):
-        self.cuda = device.startswith("cuda")
-        self.repeats, self.warmup = repeats, warmup
+        self.device, self.repeats, self.warmup = device, repeats, warmup
 
     def __call__(self, fn) -> tuple[float, object]:
-        """Median milliseconds of fn() and its last result."""
-        out, times = None, []
-        for i in range(self.warmup + self.repeats):
-            if self.cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = fn()
-            if self.cuda:
-                torch.cuda.synchronize()
-            if i >= self.warmup:
-                times.append(1e3 * (time.perf_counter() - start))
-        return statistics.median(times), out
+        out = fn()  # one untimed call for the result; median_ms adds its own warm-up calls
+        return median_ms(fn, self.device, self.repeats, self.warmup), out
 
 
 def keystone_fn():
@@ -92,14 +82,14 @@ def bench_preset(preset: str, names: list[str], args, timer: Timer) -> list[dict
 
     with torch.no_grad():
         prefix_ms, feats = timer(prefix_pass)
-        # the query pass run for K copies of the cache (VLMPolicy.sample(..., repeat_cache=True))
+        # the query pass run for K copies of the cache (for per-sample suffixes)
         repeat_ms = {k: timer(lambda: repeated_prefix_pass(k))[0] for k in args.ks}
         rows = []
         for name in names:
             dec = make_decoder(name, cond_dim=h, target_shape=(t, d), net="expert")
             dec.fit_normalizer(torch.randn(64, t, d))
-            policy = VLMPolicy(backbone, dec.to(args.device).eval(), cond="query")
-            cond = policy.condition(feats)
+            dec = dec.to(args.device).eval()
+            cond = feats.query.float()  # a VLM policy's cond="query"
             for k in args.ks:
                 dec_ms, samples = timer(lambda: dec.sample(cond, num_samples=k))
                 row = dict(preset=preset, decoder=name, k=k, nfe=dec.nfe(), prefix_ms=prefix_ms, decoder_ms=dec_ms,

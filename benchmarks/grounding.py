@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from common import write_results
+from driftkit.grounding.evaluate import constant_baseline
 from driftkit.grounding.experiment import (
-    DECODER_SPECS, GroundingExperimentConfig, backbone_input_size, build_datasets, build_policy, constant_baseline,
-    eval_variants, evaluate, parse_decoder_spec, resolve_device, run_experiment, train_policy,
+    DECODER_SPECS, GroundingExperimentConfig, backbone_input_size, build_datasets, parse_decoder_spec, run_experiment,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -178,9 +178,9 @@ def write_summary(args, out: Path, results: list[dict], baseline: dict) -> None:
 
 # ---- runtime estimate ------------------------------------------------------------------------------------------
 def estimate(args, probe_steps: int = 10) -> float:
-    """Projected seconds of the sweep: per decoder, probe_steps timed training steps (after 2 untimed ones) scaled
-    to the sizing's steps, plus the evaluation of all its variants (batch-1 latency included) timed on 32 test
-    examples and scaled to test_size, plus building the data once."""
+    """Projected seconds of the sweep: per decoder, one short run (probe_steps training steps, start-up included,
+    so an over-estimate) scaled to the sizing's steps, plus the evaluation of all its variants (batch-1 latency
+    included) on 32 test examples scaled to test_size, plus building the data once."""
     cfg0 = make_config(args, args.decoders[0], args.seeds[0])
     start = time.perf_counter()
     train, test = build_datasets(cfg0)
@@ -189,23 +189,33 @@ def estimate(args, probe_steps: int = 10) -> float:
     print(f"data ({cfg0.train_size} + {cfg0.test_size} examples): {data_s:.1f} s, once per sweep")
     for spec in args.decoders:
         cfg = dataclasses.replace(make_config(args, spec, args.seeds[0]), steps=probe_steps, log_every=probe_steps)
-        policy = build_policy(cfg, train.targets()).to(resolve_device(cfg.device))
-        scratch = Path(tempfile.gettempdir()) / "driftkit-grounding-estimate"
-        train_policy(policy, train, dataclasses.replace(cfg, steps=2), scratch)  # warm-up, not timed
+        scratch = Path(tempfile.mkdtemp(prefix="driftkit-grounding-estimate-"))
         t = time.perf_counter()
-        train_policy(policy, train, cfg, scratch)
-        step_s = (time.perf_counter() - t) / probe_steps
-        probe = dataclasses.replace(cfg, test_size=32)
-        t = time.perf_counter()
-        for v in eval_variants(policy, spec):
-            evaluate(policy, [test[i] for i in range(32)], probe, v)
-        eval_s = (time.perf_counter() - t) * cfg0.test_size / 32
+        result = run_experiment(cfg, scratch, datasets=(train, Subset(test, 32)))
+        step_s = result["train"]["seconds"] / probe_steps
+        eval_s = (time.perf_counter() - t - result["train"]["seconds"]) * cfg0.test_size / 32
         run_s = step_s * cfg0.steps + eval_s
         total += run_s * len(args.seeds)
         print(f"{spec}: {step_s:.3f} s/step, eval {eval_s:.1f} s -> {run_s / 60:.1f} min per run")
     print(f"projected sweep ({len(args.decoders)} decoders x {len(args.seeds)} seeds, {cfg0.steps} steps): "
           f"{total / 60:.0f} min with {torch.get_num_threads()} torch thread(s)")
     return total
+
+
+class Subset:
+    """The first n examples of a grounding dataset (for timing the evaluation)."""
+
+    def __init__(self, data, n: int):
+        self.data, self.n = data, min(n, len(data))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.data[i]
+
+    def targets(self):
+        return self.data.targets()[: self.n]
 
 
 def main(argv=None) -> None:

@@ -23,7 +23,7 @@ from driftkit.eval import (
     summarize_group,
     write_json,
 )
-from driftkit.eval.rollout import chunk_to_numpy, lookup_task_index, obs_batch
+from driftkit.eval.metaworld import chunk_to_numpy, lookup_task_index, obs_batch
 
 
 def _outcome(task, seed, success, length=10, ms=(1.0,), decoder="flow", nfe=10):
@@ -105,10 +105,13 @@ def test_chunk_to_numpy_shapes():
 
 def test_obs_batch_keys_and_task_lookup():
     obs = SimpleNamespace(state=np.arange(39, dtype=np.float32), image=np.full((8, 8, 3), 255, np.uint8))
-    batch = obs_batch(obs, 3)
+    batch = obs_batch(obs, 3, "reach the goal")
     assert batch["observation.state"].shape == (1, 39) and batch["task_index"].tolist() == [3]
-    assert batch["observation.image"].shape == (1, 3, 8, 8) and batch["observation.image"].max() == 1.0
-    assert "task_index" not in obs_batch(SimpleNamespace(state=obs.state, image=None), None)
+    assert batch["task"] == ["reach the goal"]  # the instruction, for policies that read language
+    image = batch["observation.images.corner2"]  # the camera MetaWorldEnv renders, under its LeRobot key
+    assert image.shape == (1, 3, 8, 8) and image.max() == 1.0
+    plain = obs_batch(SimpleNamespace(state=obs.state, image=None), None)
+    assert "task_index" not in plain and not [k for k in plain if k.startswith("observation.images.")]
     assert lookup_task_index({"reach the goal": 4}, "reach the goal") == 4
     with pytest.raises(ValueError, match="push the puck"):
         lookup_task_index({"reach the goal": 4}, "push the puck to the goal")
@@ -139,9 +142,11 @@ class _LineEnv:
 class _ConstantPolicy:
     def __init__(self, horizon):
         self.horizon, self.calls = horizon, []
-        self.decoder = SimpleNamespace(nfe=lambda steps=None: 1)
 
-    def predict(self, obs_batch, num_samples=1, steps=None, select=None):
+    def nfe(self, steps=None):
+        return 1
+
+    def predict(self, obs_batch, num_samples=1, steps=None, select=None, timer=None):
         self.calls.append(float(obs_batch["observation.state"][0, 0]))
         return torch.ones(1, self.horizon, 4)
 

@@ -1,5 +1,5 @@
 """FAST tokens through the VLM's LM head: id mapping, teacher forcing, cached greedy generation (checked against
-the full teacher-forced pass and against scripted logits), the residual policy on top, and bad input."""
+the full teacher-forced pass and against scripted logits), the residual FASTPolicy on top, and bad input."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import driftkit.nets.expert  # noqa: F401  (registers the "expert" net)
-from driftkit import make_decoder
 from driftkit.backbones import Backbone
-from driftkit.backbones import FASTHeadConfig, FASTLMHead, FASTResidualPolicy
+from driftkit.backbones import FASTHeadConfig, FASTLMHead
+from driftkit.normalize import NormStats, Normalizer
+from driftkit.policy import FASTPolicy, FASTPolicyConfig
 from driftkit.tokenizers.fast import FASTTokenizer
-from vlm_helpers import FAMILIES, images
+from vlm_helpers import CAMERA, FAMILIES, images, vlm_obs
 
 PROMPTS = ["pick up the red cube", "go", "open the drawer"]
 T, D, N_FAST = 4, 2, 100
@@ -177,33 +178,62 @@ def test_generation_decodes_exactly_a_scripted_sequence(monkeypatch):
     assert gen.valid.tolist()[:3] == [True, True, False] and gen.num_invalid >= 1
 
 
-def policy_for(train_base: str = "teacher_forced", mode: str = "frozen") -> FASTResidualPolicy:
-    head = head_for(mode=mode)
-    refiner = make_decoder("residual_flow", cond_dim=head.backbone.hidden_size, target_shape=(T, D),
-                           base="external", net="expert", hidden_dim=32, depth=1, steps=4)
-    policy = FASTResidualPolicy(head.backbone, head, refiner, cond="query", train_base=train_base)
-    policy.fit_normalizer(DATA)
+def fast_config(train_base: str = "teacher_forced", mode: str = "frozen", **kw) -> FASTPolicyConfig:
+    options = {"net": "expert", "hidden_dim": 32, "depth": 1, "steps": 4, **kw.pop("decoder_options", {})}
+    kw = {"horizon": T, "action_dim": D, **kw}
+    return FASTPolicyConfig(backbone="qwen2_5_vl-tiny", num_query_tokens=2, mode=mode, cond="query",
+                            decoder="residual_flow", decoder_options=options, fast_vocab_size=N_FAST, fast_scale=5.0,
+                            train_base=train_base, state_dim=0, cameras=(CAMERA,), **kw)
+
+
+def fitted_tokenizer(chunks: torch.Tensor = DATA) -> FASTTokenizer:
+    """The FAST tokenizer head_for fits: on the chunks in [-1, 1] by their q01 / q99."""
+    norm = Normalizer(chunks.shape[-1], "quantile")
+    norm.set_stats(NormStats.from_data(chunks))
+    return FASTTokenizer.fit(norm.normalize(chunks), vocab_size=N_FAST, scale=5.0)
+
+
+def policy_for(train_base: str = "teacher_forced", mode: str = "frozen") -> FASTPolicy:
+    policy = FASTPolicy(fast_config(train_base, mode), tokenizer=fitted_tokenizer())
+    stats = NormStats.from_data(DATA)
+    policy.set_stats({"action": stats})  # the refiner's statistics
+    policy.head.set_stats(stats)  # the FAST tokens' quantiles, those the tokenizer was fitted with
     return policy
 
 
+def policy_batch(n: int = 3) -> dict:
+    return {**vlm_obs(PROMPTS[:n]), "action": DATA[:n]}
+
+
 @pytest.mark.parametrize("train_base", ["teacher_forced", "generated"])
-def test_residual_policy_trains_the_refiner_and_samples_around_the_fast_base(train_base):
+def test_residual_policy_trains_the_refiner_and_samples_around_the_fast_base(train_base, monkeypatch):
     torch.manual_seed(0)
     policy = policy_for(train_base)
-    out = policy.loss(batch())
+    out = policy(policy_batch())
     assert torch.isfinite(out.loss)
     assert out.loss.item() == pytest.approx(out.metrics["fast_ce"] + out.metrics["refiner_loss"], rel=1e-5)
     out.loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.refiner.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.decoder.parameters())
     assert policy.backbone.query_embed.grad.abs().sum() > 0
-    gen = torch.Generator().manual_seed(0)
-    res = policy.predict(images(2), PROMPTS[:2], num_samples=3, generator=gen)
-    assert res.samples.shape == (2, 3, T, D) and torch.isfinite(res.samples).all()
-    assert res.nfe == res.base.nfe + 4
-    torch.testing.assert_close(res.base.actions, policy.head.generate(images(2), PROMPTS[:2]).actions)
-    assert (res.samples[:, 0] - res.samples[:, 1]).abs().max() > 0  # K different refinements of one base
-    y = policy.sample(images(2), PROMPTS[:2], num_samples=3, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(y, res.samples)
+    obs = vlm_obs(PROMPTS[:2])
+    # The removed FASTResidualPolicy.predict returned the base and its NFE; now the base is what the refiner
+    # receives (recorded here) and the NFE is policy.nfe: at most T * D + 1 LM passes plus the refiner's steps.
+    bases, original = [], policy.decoder.sample_with_base
+
+    def recording(cond, base, *args, **kwargs):
+        bases.append(base.clone())
+        return original(cond, base, *args, **kwargs)
+
+    monkeypatch.setattr(policy.decoder, "sample_with_base", recording)
+    samples = policy.sample(obs, num_samples=3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (2, 3, T, D) and torch.isfinite(samples).all()
+    images_, prompts, _ = policy.inputs(obs)
+    generated = policy.head.generate(images_, prompts)
+    torch.testing.assert_close(bases[0], generated.actions)
+    assert policy.nfe() == T * D + 1 + 4 >= generated.nfe + 4 and policy.nfe(2) == T * D + 1 + 2
+    assert (samples[:, 0] - samples[:, 1]).abs().max() > 0  # K different refinements of one base
+    chunk = policy.predict(obs, num_samples=3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(chunk, samples[:, 0])
 
 
 def test_bad_input_names_the_values():
@@ -215,17 +245,24 @@ def test_bad_input_names_the_values():
     assert big.vocab_size > head.backbone.base_vocab
     with pytest.raises(ValueError, match=rf"vocab_size={big.vocab_size} does not fit .* 262 ids, of which 256 "):
         FASTLMHead(head.backbone, big)
-    bb = head.backbone
-    wrong_shape = make_decoder("residual_flow", cond_dim=bb.hidden_size, target_shape=(5, D), base="external")
-    with pytest.raises(ValueError, match=r"target_shape=\(5, 2\).*\(T, D\) = \(4, 2\)"):
-        FASTResidualPolicy(bb, head, wrong_shape)
-    own_base = make_decoder("residual_flow", cond_dim=bb.hidden_size, target_shape=(T, D))
-    with pytest.raises(ValueError, match="base='external', got ResidualFlowDecoder with base='regression'"):
-        FASTResidualPolicy(bb, head, own_base)
-    other = make_decoder("residual_flow", cond_dim=bb.hidden_size, target_shape=(T, D), base="external")
-    with pytest.raises(ValueError, match="different backbone"):
-        FASTResidualPolicy(Backbone.from_preset("qwen2_5_vl-tiny", num_query_tokens=2), head, other)
-    with pytest.raises(ValueError, match="cond_dim=7"):
-        FASTResidualPolicy(bb, head, make_decoder("residual_flow", cond_dim=7, target_shape=(T, D), base="external"))
+    # The policy's horizon disagrees with the tokenizer's: the refiner is sized T=5, FAST was fitted on T=4.
+    # (The removed FASTResidualPolicy refused this when built; FASTPolicy refuses it on its first batch.)
+    wrong_shape = FASTPolicy(fast_config(horizon=5), tokenizer=fitted_tokenizer())
+    with pytest.raises(ValueError, match=r"\[2, 5, 2\], expected \[\*, 4, 2\].*T=4, D=2"):
+        wrong_shape({**vlm_obs(PROMPTS[:2]), "action": torch.zeros(2, 5, D)})
+    # A refiner with its own base: the config refuses it (was: a hand-built decoder with base='regression').
+    with pytest.raises(ValueError, match="base='regression'.*base='external'"):
+        fast_config(decoder_options={"base": "regression"})
+    with pytest.raises(ValueError, match=r"got decoder='flow', must be one of \['residual_drift', 'residual_flow'\]"):
+        FASTPolicyConfig(decoder="flow")
+    # The policy builds its head on its own backbone and sizes the refiner to it (were: "different backbone"
+    # and "cond_dim=7" errors of hand-built parts, which can no longer be passed in).
+    policy = policy_for()
+    assert policy.head.backbone is policy.backbone
+    assert policy.decoder.config.cond_dim == policy.backbone.hidden_size
+    with pytest.raises(ValueError, match="needs a fitted FAST tokenizer"):
+        FASTPolicy(fast_config())
     with pytest.raises(ValueError, match="got end_token='bos'"):
         FASTHeadConfig(end_token="bos")
+    with pytest.raises(ValueError, match="got end_token='bos'"):
+        fast_config(end_token="bos")

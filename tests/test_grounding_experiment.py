@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
+from driftkit.grounding.evaluate import postprocess
 from driftkit.grounding.experiment import (
-    DECODER_SPECS, GroundingExperimentConfig, backbone_input_size, build_datasets, build_policy, parse_decoder_spec,
-    postprocess, run_experiment,
+    DECODER_SPECS, GroundingExperimentConfig, backbone_input_size, build_datasets, parse_decoder_spec, run_experiment,
+    train_config,
 )
 
 TINY = dict(steps=2, batch_size=4, train_size=8, test_size=6, eval_batch_size=4, latency_repeats=1, log_every=1,
@@ -62,7 +63,9 @@ def test_backbone_input_follows_the_generated_image():
     cfg = GroundingExperimentConfig(task="temporal", frame_size=28, frame_gap=0, **{**TINY, "train_size": 4})
     train, _ = build_datasets(cfg)
     assert train[0]["images"].size == (112, 112)
-    assert build_policy(cfg, train.targets()).backbone.image_size == 112
+    from driftkit.policy import make_policy
+
+    assert make_policy(train_config(cfg, "unused").model).backbone.image_size == 112
 
 
 def test_kinds_pick_the_spatial_level():

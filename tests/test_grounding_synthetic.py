@@ -337,19 +337,24 @@ def test_datasets_make_vlm_policy_batches(spatial, temporal):
 
 
 def test_batches_train_a_tiny_vlm_policy(spatial, temporal):
-    from driftkit import make_decoder
-    from driftkit.backbones import Backbone, VLMPolicy
+    """Through the trainer's adapter (GroundingActions) and collate: the loss reaches the query embeddings and
+    sampling gives one box or interval per query."""
+    from driftkit.grounding.actions import GroundingActions, observations
+    from driftkit.policy import VLMPolicyConfig, make_policy
+    from driftkit.train.data import collate, dataset_stats, unpack_text
 
     torch.manual_seed(0)
     for data, d in ((SpatialGroundingDataset(spatial["train"][:4]), 4),
                     (TemporalGroundingDataset(temporal["train"][:4], num_frames=16), 2)):
-        bb = Backbone.from_preset("qwen2_5_vl-tiny", num_query_tokens=2)
-        dec = make_decoder("regression", cond_dim=bb.hidden_size, target_shape=(1, d), net="expert", hidden_dim=16,
-                           depth=1)
-        dec.fit_normalizer(data.targets())
-        policy = VLMPolicy(bb, dec, cond="query")
-        batch = collate_grounding([data[i] for i in range(4)])
-        loss = policy.loss(batch).loss
+        adapted = GroundingActions(data)
+        cfg = VLMPolicyConfig(state_dim=0, horizon=1, action_dim=d, backbone="qwen2_5_vl-tiny", num_query_tokens=2,
+                              cond="query", mode="frozen", decoder="regression",
+                              decoder_options={"hidden_dim": 16, "depth": 1}).with_data(adapted)
+        policy = make_policy(cfg)
+        policy.set_stats(dataset_stats(adapted, cfg.stat_keys()))
+        batch = unpack_text(collate([adapted[i] for i in range(4)]))
+        assert batch["task"] == [data[i]["prompts"] for i in range(4)]
+        loss = policy(batch).loss
         loss.backward()
-        assert torch.isfinite(loss) and bb.query_embed.grad.abs().sum() > 0
-        assert policy.sample(batch["images"], batch["prompts"], num_samples=3).shape == (4, 3, 1, d)
+        assert torch.isfinite(loss) and policy.backbone.query_embed.grad.abs().sum() > 0
+        assert policy.sample(observations([data[i] for i in range(4)]), num_samples=3).shape == (4, 3, 1, d)

@@ -152,7 +152,9 @@ def test_torch_dataset_items(written):
     assert item["action"].shape == (4, 2) and item["action_is_pad"].tolist() == [False, False, True, True]
     torch.testing.assert_close(item["action"][:2], torch.from_numpy(eps[1]["action"][1:3]))
     assert item["task_index"].item() == 1 and item["observation.state"].shape == (5,)
-    img = item["observation.image"]
+    assert item["task"] == ds.tasks[1]  # the instruction, as the VLM policies read it
+    assert ds.cameras == [CAM]
+    img = item[CAM]
     assert img.shape == (3, 16, 16) and img.dtype == torch.float32 and 0.0 <= img.min() <= img.max() <= 1.0
     assert set(ds.stats) >= {"action", "observation.state"}
 

@@ -89,6 +89,7 @@ def test_torch_dataset_on_collected_data(plain):
     ds = LeRobotDataset(root, horizon=8)
     item = ds[len(ds) - 1]
     assert item["action_is_pad"].tolist() == [False] + [True] * 7
+    assert item["task"] == "reach the goal" and int(item["task_index"]) == 0  # the instruction rides along
     assert task_index_map(root) == {"reach the goal": 0}
 
 
@@ -97,11 +98,14 @@ class _ExpertPolicy:
 
     def __init__(self, task, horizon=4):
         self.expert, self.horizon = make_expert(task), horizon
-        self.decoder = type("D", (), {"nfe": lambda self, steps=None: 1})()
 
-    def predict(self, obs_batch, num_samples=1, steps=None, select=None):
+    def nfe(self, steps=None):
+        return 1
+
+    def predict(self, obs_batch, num_samples=1, steps=None, select=None, timer=None):
         state = obs_batch["observation.state"][0].numpy()
         assert obs_batch["task_index"].tolist() == [7]
+        assert obs_batch["task"] == ["reach the goal"]
         return torch.from_numpy(np.repeat(self.expert(state)[None], self.horizon, 0))[None]
 
 
@@ -146,7 +150,7 @@ def test_image_collection_writes_upright_video(tmp_path):
     ds = LeRobotDataset(tmp_path / "img", horizon=4)
     frames = ds.reader.video("observation.images.corner2")
     assert frames.shape == (12, 64, 64, 3)
-    assert ds[0]["observation.image"].shape == (3, 64, 64)
+    assert ds[0]["observation.images.corner2"].shape == (3, 64, 64)
     with MetaWorldEnv("reach-v3", seed=100, image=True, max_steps=12) as env:
         first = env.reset().image
     assert np.abs(frames[0].astype(int) - first.astype(int)).mean() < 6

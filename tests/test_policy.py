@@ -1,4 +1,4 @@
-"""Policy: encoder + any decoder; shape errors, masks, selection, save -> load round trips."""
+"""StatePolicy: encoder + any decoder; shape errors, masks, selection, save -> load round trips."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import pytest
 import torch
 
 from driftkit import NormStats, list_decoders
-from driftkit.policy import Policy, PolicyConfig, load_policy, save_policy
+from driftkit.policy import StatePolicy, StatePolicyConfig, load_policy, save_policy
 
 torch.set_num_threads(1)
 S, T, D, TASKS = 6, 4, 2, 3
+CAMERA = "observation.images.cam"
 
 
-def small_config(decoder: str = "flow", **kw) -> PolicyConfig:
+def small_config(decoder: str = "flow", **kw) -> StatePolicyConfig:
     opts = {"hidden_dim": 32, "depth": 1}
     if decoder in ("drift", "residual_drift"):
         opts["train_samples"] = 4
-    return PolicyConfig(state_dim=S, action_dim=D, horizon=T, decoder=decoder, decoder_options=opts,
+    return StatePolicyConfig(state_dim=S, action_dim=D, horizon=T, decoder=decoder, decoder_options=opts,
                         num_tasks=TASKS, task_embed_dim=8, hidden_dim=32, cond_dim=32, **kw)
 
 
@@ -29,15 +30,17 @@ def make_batch(b: int = 5, seed: int = 0, image_size: int = 0) -> dict:
         "action_is_pad": torch.zeros(b, T, dtype=torch.bool),
     }
     if image_size:
-        batch["observation.image"] = torch.rand(b, 3, image_size, image_size, generator=g)
+        batch[CAMERA] = torch.rand(b, 3, image_size, image_size, generator=g)
     return batch
 
 
 @pytest.mark.parametrize("decoder", sorted(list_decoders()))
 def test_every_decoder_trains_through_the_encoder(decoder):
     torch.manual_seed(0)
-    policy = Policy(small_config(decoder))
-    policy.set_stats(NormStats(mean=torch.zeros(D), std=torch.ones(D), q01=-2 * torch.ones(D), q99=2 * torch.ones(D)))
+    policy = StatePolicy(small_config(decoder))
+    policy.set_stats({"action": NormStats(mean=torch.zeros(D), std=torch.ones(D), q01=-2 * torch.ones(D),
+                                          q99=2 * torch.ones(D)),
+                      "observation.state": NormStats(torch.zeros(S), torch.ones(S), -torch.ones(S), torch.ones(S))})
     out = policy(make_batch())
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -48,7 +51,7 @@ def test_every_decoder_trains_through_the_encoder(decoder):
 
 
 def test_state_shape_mismatch_names_both_shapes():
-    policy = Policy(small_config())
+    policy = StatePolicy(small_config())
     batch = make_batch()
     batch["observation.state"] = torch.randn(5, S + 1)
     with pytest.raises(ValueError, match=rf"\[5, {S + 1}\].*\['B', {S}\]"):
@@ -60,7 +63,7 @@ def test_state_shape_mismatch_names_both_shapes():
 
 
 def test_bad_task_index_and_missing_keys_are_named():
-    policy = Policy(small_config())
+    policy = StatePolicy(small_config())
     batch = make_batch()
     batch["task_index"] = torch.tensor([0, 1, 2, 7, 0])
     with pytest.raises(ValueError, match=r"task_index=7.*\[0, 3\)"):
@@ -74,7 +77,7 @@ def test_bad_task_index_and_missing_keys_are_named():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        ({"decoder": "nope"}, "decoder='nope'"),
+        ({"decoder": "nope"}, "unknown decoder 'nope'"),
         ({"state_dim": 0}, "state_dim=0"),
         ({"image_size": 30}, "image_size=30"),
         ({"decoder_options": [1]}, r"decoder_options=\[1\]"),
@@ -82,12 +85,12 @@ def test_bad_task_index_and_missing_keys_are_named():
 )
 def test_config_errors_name_the_bad_value(kw, message):
     with pytest.raises((ValueError, TypeError), match=message):
-        PolicyConfig(**kw)
+        StatePolicyConfig(**kw)
 
 
 def test_padded_actions_do_not_change_the_loss():
     torch.manual_seed(0)
-    policy = Policy(small_config("regression"))
+    policy = StatePolicy(small_config("regression"))
     batch = make_batch()
     batch["action_is_pad"][:, -2:] = True
     loss = policy(batch).loss
@@ -99,12 +102,12 @@ def test_padded_actions_do_not_change_the_loss():
 
 def test_state_statistics_normalise_the_encoder_input():
     torch.manual_seed(0)
-    policy = Policy(small_config("regression"))
+    policy = StatePolicy(small_config("regression"))
     obs = make_batch()
     before = policy.predict(obs)
     shift = torch.full((S,), 5.0)
-    policy.set_stats(NormStats(torch.zeros(D), torch.ones(D), -torch.ones(D), torch.ones(D)),
-                     state=NormStats(shift, torch.ones(S), shift - 1, shift + 1))
+    policy.set_stats({"action": NormStats(torch.zeros(D), torch.ones(D), -torch.ones(D), torch.ones(D)),
+                      "observation.state": NormStats(shift, torch.ones(S), shift - 1, shift + 1)})
     obs_shifted = dict(obs, **{"observation.state": obs["observation.state"] + shift})
     torch.testing.assert_close(policy.predict(obs_shifted), before)
 
@@ -112,7 +115,7 @@ def test_state_statistics_normalise_the_encoder_input():
 def test_selection_returns_one_of_the_samples():
     selection = pytest.importorskip("driftkit.selection")
     torch.manual_seed(0)
-    policy = Policy(small_config("flow"))
+    policy = StatePolicy(small_config("flow"))
     obs = make_batch()
     samples = policy.decoder.sample(policy.encode(obs), 6, generator=torch.Generator().manual_seed(1))
     for select in ("keystone", "medoid"):
@@ -127,24 +130,27 @@ def test_selection_returns_one_of_the_samples():
         policy.predict(obs, select="best")
 
 
-def test_image_observations_reach_the_cnn():
+@pytest.mark.parametrize("cameras", [(), ("cam",)])
+def test_image_observations_reach_the_cnn(cameras):
+    """cameras=(): the policy reads the observation's first `observation.images.*` key; ("cam",): that one."""
     torch.manual_seed(0)
-    policy = Policy(small_config("regression", image_size=16))
+    policy = StatePolicy(small_config("regression", image_size=16, cameras=cameras))
     out = policy(make_batch(image_size=16))
     out.loss.backward()
     assert policy.encoder.image_net.convs[0].weight.grad.abs().sum() > 0
-    with pytest.raises(KeyError, match="observation.image"):
+    with pytest.raises(KeyError, match="observation.images"):
         policy(make_batch())
-    with pytest.raises(ValueError, match=r"observation.image has shape \[5, 3, 32, 32\]"):
+    with pytest.raises(ValueError, match=r"observation.images.cam has shape \[5, 3, 32, 32\]"):
         policy(make_batch(image_size=32))
 
 
 @pytest.mark.parametrize("decoder", ["flow", "residual_drift", "tokens"])
 def test_save_load_round_trip_gives_identical_outputs(tmp_path, decoder):
     torch.manual_seed(0)
-    policy = Policy(small_config(decoder))
-    policy.set_stats(NormStats(torch.randn(D), torch.rand(D) + 0.5, -torch.ones(D) * 2, torch.ones(D) * 2),
-                     state=NormStats(torch.randn(S), torch.rand(S) + 0.5, -torch.ones(S), torch.ones(S)))
+    policy = StatePolicy(small_config(decoder))
+    policy.set_stats({"action": NormStats(torch.randn(D), torch.rand(D) + 0.5, -torch.ones(D) * 2, torch.ones(D) * 2),
+                      "observation.state": NormStats(torch.randn(S), torch.rand(S) + 0.5, -torch.ones(S),
+                                                     torch.ones(S))})
     policy.eval()
     save_policy(policy, tmp_path / "p")
     loaded = load_policy(tmp_path / "p")
@@ -156,8 +162,8 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, decoder):
 
 
 def test_loading_another_decoder_names_both(tmp_path):
-    save_policy(Policy(small_config("flow")), tmp_path / "p")
-    with pytest.raises(ValueError, match="'flow' decoder but the config asks for 'drift'"):
-        load_policy(tmp_path / "p", config=small_config("drift"))
+    save_policy(StatePolicy(small_config("flow")), tmp_path / "p")
+    with pytest.raises(ValueError, match="'flow' decoder, but a 'drift' decoder was asked for"):
+        load_policy(tmp_path / "p", decoder="drift")
     with pytest.raises(FileNotFoundError, match="not a driftkit policy"):
         load_policy(tmp_path / "missing")

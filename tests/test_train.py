@@ -9,7 +9,7 @@ import torch
 from accelerate.state import AcceleratorState
 from typer.testing import CliRunner
 
-from driftkit.policy import Policy, load_policy
+from driftkit.policy import StatePolicy, load_policy
 from driftkit.train import (
     NonFiniteLossError,
     ResumableBatchSampler,
@@ -56,7 +56,7 @@ def test_overrides_are_parsed_into_field_types():
         ("steps=abc", r"schedule.steps='abc': expected int"),
         ("steps=2.5", r"schedule.steps='2.5': expected int"),
         ("optim.lr=-1", r"optim.lr=-1.0"),
-        ("decoder=nope", r"decoder='nope'"),
+        ("decoder=nope", r"unknown decoder 'nope'"),
         ("tensorboard=maybe", r"tensorboard='maybe': expected a bool"),
         ("mixed_precision=fp8", r"mixed_precision='fp8'"),
         ("no_equals_sign", r"expected KEY=VALUE"),
@@ -90,6 +90,21 @@ def test_batch_order_resumes_where_it_stopped_and_covers_each_epoch():
     assert full[:6] != full[6:12], "each epoch should reshuffle"
     with pytest.raises(ValueError, match="fewer than optim.batch_size=64"):
         ResumableBatchSampler(50, 64, 0, 0, 1)
+
+
+def test_collate_packs_text_as_bytes_and_unpack_restores_it():
+    """Strings cross the data loader as uint8 tensors (Accelerate splits tensors, not lists, over processes)."""
+    from driftkit.train.data import collate, unpack_text
+
+    items = [{"task": t, "task_index": torch.tensor(i), "action": torch.zeros(2)}
+             for i, t in enumerate(["pick up the cube", "", "öffne die Schublade – bitte"])]
+    batch = collate(items)
+    assert "task" not in batch and batch["task.utf8"].dtype == torch.uint8 and batch["task.utf8"].shape[0] == 3
+    assert batch["task_index"].tolist() == [0, 1, 2]
+    restored = unpack_text(batch)
+    assert restored["task"] == [it["task"] for it in items] and "task.utf8" not in restored
+    assert unpack_text({k: v[1:] if torch.is_tensor(v) else v for k, v in batch.items()})["task"] == \
+        [it["task"] for it in items[1:]], "a slice of the packed rows (one process's share) unpacks to its rows"
 
 
 # ---- training ------------------------------------------------------------------------------------------
@@ -140,15 +155,15 @@ class Interrupt(Exception):
 
 
 def _fail_on_call(monkeypatch, call: int, make):
-    """Patch Policy.forward so that its `call`-th invocation returns make(out) (or raises)."""
-    original, calls = Policy.forward, {"n": 0}
+    """Patch StatePolicy.forward so that its `call`-th invocation returns make(out) (or raises)."""
+    original, calls = StatePolicy.forward, {"n": 0}
 
     def forward(self, batch):
         calls["n"] += 1
         out = original(self, batch)
         return make(out) if calls["n"] == call else out
 
-    monkeypatch.setattr(Policy, "forward", forward)
+    monkeypatch.setattr(StatePolicy, "forward", forward)
 
 
 @pytest.mark.parametrize("decoder", ["flow", "residual_drift"])
@@ -310,10 +325,10 @@ def test_trains_from_a_local_lerobot_dataset(tmp_path, with_video):
     assert len(data) == 36
     last = data[11]  # the last frame of episode 0: one real action, then padding
     assert last["action_is_pad"].tolist() == [False, True, True, True]
-    assert data[12]["task_index"] == 1
+    assert data[12]["task_index"] == 1 and data[12]["task"] == "task 1"
     torch.testing.assert_close(data[3]["action"][1], data[4]["action"][0])
     if with_video:
-        assert data[0]["observation.image"].shape == (3, 16, 16)
+        assert data[0]["observation.images.cam"].shape == (3, 16, 16)
     with pytest.raises(ValueError, match=r"2 tasks but model.num_tasks=1"):
         train(toy(tmp_path, *overrides, "model.num_tasks=1", name="one_task"))
     AcceleratorState._reset_state(reset_partial_state=True)

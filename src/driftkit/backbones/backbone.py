@@ -5,6 +5,8 @@
     feats = bb.encode(images, prompts)            # one pass: .query [B, Q, H], .pooled [B, Q*H], .prefix
     pre = bb.encode_prefix(images, prompts)       # image + prompt once, into a DynamicCache
     feats = bb.encode_queries(pre, repeats=G)     # query tokens only, for G copies of each row
+    feats = bb.encode([[front, wrist], ...], prompts)   # several cameras per row: one image block each
+    bb.save_assets(dir); Backbone.from_assets(dir)      # rebuild the architecture without its source
 
 The query tokens' embeddings live in `query_embed` (a small parameter swapped in by a hook on the input
 embedding), so they train whatever the mode while the LM's own embedding matrix stays as it is.
@@ -22,9 +24,11 @@ from torch import Tensor, nn
 from driftkit.backbones.config import BackboneConfig, VLMFeatures
 from driftkit.backbones.families import FAMILIES, IMAGE_SIZE, Family, family_of_model_type, get_family, list_presets
 from driftkit.backbones.families import torch_dtype
-from driftkit.backbones.inputs import PrefixInputs, check_batch, image_block, image_token_counts, process_images
-from driftkit.backbones.inputs import to_pil
+from driftkit.backbones.inputs import PrefixInputs, camera_rows, check_batch, to_pil
 from driftkit.backbones.tokenizer import byte_level_tokenizer
+
+ASSETS_FILE = "driftkit_backbone.json"
+ASSETS_FORMAT = 1  # version of ASSETS_FILE's layout
 
 
 @dataclass
@@ -38,19 +42,27 @@ class PrefixState:
 
 
 class Backbone(nn.Module):
-    def __init__(self, config: BackboneConfig, model: nn.Module, tokenizer, image_processor, image_size: int):
+    def __init__(self, config: BackboneConfig, model: nn.Module, tokenizer, image_processor, image_size: int,
+                 base_vocab: int | None = None):
+        """base_vocab: the LM vocabulary size before the query tokens were added (lm_head_rows and FAST ids
+        count from it); None = the model's output rows as given. from_assets passes the saved value, since
+        its model is built with the query rows already in."""
         super().__init__()
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.image_processor, self.image_size = image_processor, image_size
         self.family: Family = get_family(config.family)
-        self.base_vocab = model.get_output_embeddings().weight.shape[0]
+        out_rows = model.get_output_embeddings().weight.shape[0]
+        self.base_vocab = out_rows if base_vocab is None else base_vocab
+        if not 0 < self.base_vocab <= out_rows:
+            raise ValueError(f"got base_vocab={base_vocab} for a model with {out_rows} output rows; it must be in "
+                             f"[1, {out_rows}]")
         strings = config.query_strings()
         tokenizer.add_special_tokens({"additional_special_tokens": strings}, replace_extra_special_tokens=False)
         self.query_ids: list[int] = tokenizer.convert_tokens_to_ids(strings)
         if self.query_ids != list(range(self.query_ids[0], self.query_ids[0] + len(strings))):
             raise ValueError(f"query tokens {strings[:3]}... got non-contiguous ids {self.query_ids[:3]}...; the "
                              "tokenizer already knows some of them: pick another query_token format")
-        if max(self.query_ids) >= self.base_vocab:
+        if max(self.query_ids) >= model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(max(self.query_ids) + 1, mean_resizing=False)
         rows = model.get_input_embeddings().weight.detach()[self.query_ids].float().clone()
         self.query_embed = nn.Parameter(rows)  # [Q, H]
@@ -117,6 +129,38 @@ class Backbone(nn.Module):
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)
 
+    def save_assets(self, path: str | os.PathLike) -> None:
+        """Write everything from_assets needs to rebuild this architecture without its source, except the
+        weights: the model's config.json, the tokenizer (query tokens included), the image processor, and
+        driftkit_backbone.json (BackboneConfig, base_vocab, image_size, query ids)."""
+        os.makedirs(path, exist_ok=True)
+        self.model.config.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+        meta = {"format": ASSETS_FORMAT, "config": self.config.to_dict(), "base_vocab": self.base_vocab,
+                "image_size": self.image_size, "query_ids": self.query_ids}
+        with open(os.path.join(path, ASSETS_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+
+    @classmethod
+    def from_assets(cls, path: str | os.PathLike) -> "Backbone":
+        """Rebuild from save_assets' files alone (offline; neither the preset nor the checkpoint directory is
+        read): random weights in the family's class built from config.json, the saved tokenizer and image
+        processor, and the same query ids, base_vocab, image_size and mode (LoRA adapters injected alike), so
+        `load_state_dict(original.state_dict())` restores the original exactly."""
+        meta = _read_assets(path)
+        config = BackboneConfig(**meta["config"])
+        fam = get_family(config.family)
+        from transformers import AutoTokenizer
+
+        model = _random_model(fam, path, config)
+        tok = AutoTokenizer.from_pretrained(path)
+        backbone = cls(config, model, tok, fam.image_processor(path=path), meta["image_size"], meta["base_vocab"])
+        if backbone.query_ids != meta["query_ids"]:
+            raise ValueError(f"the tokenizer in {path!r} gives query ids {backbone.query_ids[:3]}..., but "
+                             f"{ASSETS_FILE} records {meta['query_ids'][:3]}...; the assets do not belong together")
+        return backbone
+
     def _apply_mode(self) -> None:
         mode = self.config.mode
         if mode == "lora":
@@ -160,29 +204,35 @@ class Backbone(nn.Module):
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def prepare(self, images, prompts) -> PrefixInputs:
-        """Check and lay out B (image, prompt) pairs: [pad.. | image block | prompt | query tokens]."""
+        """Check and lay out B rows of N images and a prompt: [pad.. | N image blocks | prompt | query tokens],
+        with BOS where the family puts it. images[i] is one image (N = 1) or a list/tuple of N images, one per
+        camera, in the same camera order in every row (each camera gets the family's own image block)."""
         check_batch(images, prompts)
-        fam, q = self.family, self.num_query_tokens
-        pils = [to_pil(im, i, fam.patch_multiple, fam.name) for i, im in enumerate(images)]
-        vision = process_images(fam, self.image_processor, pils)
-        counts = image_token_counts(fam, self.model.config, vision, len(pils))
-        reserved = set(self.special_ids.values()) | set(self.query_ids)
-        bos = self.tokenizer.bos_token_id
-        rows = []
-        for i, (prompt, n) in enumerate(zip(prompts, counts)):
-            text = self.config.prompt_format.replace("{prompt}", prompt)
-            text += "\n" if fam.name == "paligemma" else ""  # PaliGemma's prompts end with a newline
-            text = self.tokenizer(text, add_special_tokens=False).input_ids
-            if reserved.intersection(text):
-                raise ValueError(f"prompts[{i}] contains image or query special tokens; pass plain text: {prompt!r}")
-            row = image_block(fam, self.special_ids, n, bos) + text
-            if len(row) + q > self.config.max_length:
-                raise ValueError(
-                    f"prompts[{i}] needs {len(row)} tokens ({n} image + {len(row) - n} text) plus {q} query tokens "
-                    f"= {len(row) + q} > max_length={self.config.max_length}; shorten the prompt or raise max_length"
-                )
-            rows.append(row)
-        return self._pad(rows, vision)
+        fam = self.family
+        rows, names = camera_rows(images)
+        pils = [[to_pil(im, where, fam.patch_multiple, fam.name) for im, where in zip(row, row_names)]
+                for row, row_names in zip(rows, names)]
+        vision = fam.process_images(self.image_processor, pils)
+        n = len(pils[0])
+        counts = fam.image_token_counts(self.model.config, vision, len(pils) * n)  # [B * N], row-major
+        tokens = [self._row_tokens(i, p, counts[i * n:(i + 1) * n]) for i, p in enumerate(prompts)]
+        return self._pad(tokens, vision)
+
+    def _row_tokens(self, i: int, prompt: str, counts: list[int]) -> list[int]:
+        """Prefix ids of row i: its images' blocks (counts[j] placeholders for camera j) and the prompt."""
+        text = self.config.prompt_format.replace("{prompt}", prompt) + self.family.prompt_suffix
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if (set(self.special_ids.values()) | set(self.query_ids)).intersection(ids):
+            raise ValueError(f"prompts[{i}] contains image or query special tokens; pass plain text: {prompt!r}")
+        row = self.family.row_tokens(self.special_ids, counts, self.tokenizer.bos_token_id, ids)
+        q, n = self.num_query_tokens, sum(counts)
+        if len(row) + q > self.config.max_length:
+            raise ValueError(
+                f"prompts[{i}] needs {len(row)} tokens ({n} image tokens for {len(counts)} image(s) + {len(row) - n} "
+                f"text) plus {q} query tokens = {len(row) + q} > max_length={self.config.max_length}; shorten the "
+                "prompt, use fewer or smaller images, or raise max_length"
+            )
+        return row
 
     def _pad(self, rows: list[list[int]], vision: dict) -> PrefixInputs:
         b, l, q = len(rows), max(len(r) for r in rows), self.num_query_tokens
@@ -205,7 +255,7 @@ class Backbone(nn.Module):
             )
         else:
             pos = (mask.cumsum(-1) - 1).clamp_min(0) + self.family.position_offset
-        if self.family.name == "paligemma":
+        if self.family.prefix_lm:
             extra["token_type_ids"] = torch.zeros_like(ids)
             extra["token_type_ids"][:, l:] = 1  # query tokens attend causally, the prefix bidirectionally
         return PrefixInputs(ids, mask, pos, l, vision, extra)
@@ -256,6 +306,37 @@ class Backbone(nn.Module):
         mask = inputs.attention_mask[:, :l].bool().repeat_interleave(repeats, 0)
         return VLMFeatures(query=out.hidden_states[self.config.layer], prefix=prefix.hidden, prefix_mask=mask,
                            cache=prefix.cache)
+
+
+def _read_assets(path: str | os.PathLike) -> dict:
+    """driftkit_backbone.json of an assets directory, checked."""
+    file = os.path.join(path, ASSETS_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no {ASSETS_FILE} in {path!r}; write the assets with Backbone.save_assets")
+    with open(file) as f:
+        meta = json.load(f)
+    if meta.get("format") != ASSETS_FORMAT:
+        raise ValueError(f"{file!r} has format={meta.get('format')!r}; this driftkit reads format {ASSETS_FORMAT}")
+    missing = sorted({"config", "base_vocab", "image_size", "query_ids"} - set(meta))
+    if missing:
+        raise ValueError(f"{file!r} is missing {missing}")
+    return meta
+
+
+def _random_model(fam: Family, path: str | os.PathLike, config: BackboneConfig) -> nn.Module:
+    """The family's model class from path/config.json with random (seeded) weights, cast like the original:
+    presets are built in float32 and cast (as from_preset), checkpoints are built in their dtype (as
+    from_pretrained), which matters for buffers such as rotary frequencies in half precision."""
+    model_class = fam.load_class()
+    model_config = model_class.config_class.from_pretrained(path)
+    dtype = torch_dtype(config.dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if config.source in list_presets():
+            model = model_class(model_config).to(dtype)
+        else:
+            model = model_class._from_config(model_config, dtype=dtype)
+    return model.eval()
 
 
 def _processor_side(processor) -> int:

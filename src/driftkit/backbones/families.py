@@ -1,9 +1,10 @@
 """VLM families: which transformers class loads them, how an image becomes placeholder tokens, and the
 configs of the randomly initialised presets.
 
-A Family knows three things the backbone cannot infer: the model class, the image processor, and the token
-layout of one image in the prompt. Preset configs are built in code (no download); `tiny` presets (~64
-hidden, 2 layers) are for tests, `mid` presets (hundreds of millions of random parameters) for GPU latency.
+A Family knows what the backbone cannot infer: the model class, the image processor, and the token layout
+of a row (one block per image, in camera order, then the prompt). Preset configs are built in code (no
+download); `tiny` presets (~64 hidden, 2 layers) are for tests, `mid` presets (hundreds of millions of random
+parameters) for GPU latency.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 QWEN_TOKENS = {"start": "<|vision_start|>", "image": "<|image_pad|>", "end": "<|vision_end|>"}
 IDEFICS3_TOKENS = {"start": "<fake_token_around_image>", "global": "<global-img>", "image": "<image>"}
 PALIGEMMA_TOKENS = {"image": "<image>"}
+BOS_PLACES = ("none", "first", "after_images")
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,28 @@ class Family:
     """First text position id (PaliGemma counts from 1)."""
     mrope: bool = False
     """Qwen-style 3-D rotary positions that need mm_token_type_ids."""
+    block_head: tuple[str, ...] = ()
+    """Roles (keys of special_tokens) of the tokens before one image's placeholders."""
+    block_tail: tuple[str, ...] = ()
+    """Roles of the tokens after one image's placeholders."""
+    bos: str = "none"
+    """Where the tokenizer's BOS goes in a row: "none", "first" (before the images, Idefics3's tokenizer adds
+    it) or "after_images" (PaliGemma: image tokens, BOS, prompt)."""
+    prompt_suffix: str = ""
+    """Text appended to every prompt (PaliGemma's prompts end with a newline)."""
+    nested_images: bool = False
+    """The image processor takes one list of images per row (Idefics3: pixel_values [B, N, 3, H, W]); otherwise
+    one flat, row-major list of the B * N images."""
+    vision_keys: tuple[str, ...] = ("pixel_values",)
+    """Image processor outputs the model takes."""
+    prefix_lm: bool = False
+    """token_type_ids 0 on the prefix (attended bidirectionally) and 1 on the query tokens (PaliGemma)."""
     presets: dict[str, Callable[[dict[str, int], int], object]] = field(default_factory=dict, compare=False)
     """Preset size ("tiny", "mid") -> function(token ids, image side) -> transformers config."""
+
+    def __post_init__(self):
+        if self.bos not in BOS_PLACES:
+            raise ValueError(f"family {self.name!r} has bos={self.bos!r}; must be one of {BOS_PLACES}")
 
     def load_class(self):
         import transformers
@@ -54,6 +76,36 @@ class Family:
             rule = "at least" if self.mrope else "a multiple of"
             raise ValueError(f"got image_size={size} for {self.name}; it must be {rule} {self.patch_multiple}")
         return size
+
+    def image_block(self, ids: dict[str, int], n: int) -> list[int]:
+        """Token ids of one image with n placeholders (the vision tower fills the placeholders)."""
+        head = [ids[role] for role in self.block_head]
+        return head + [ids["image"]] * n + [ids[role] for role in self.block_tail]
+
+    def row_tokens(self, ids: dict[str, int], counts: list[int], bos: int | None, text: list[int]) -> list[int]:
+        """One row's prefix: the image blocks in camera order (counts[j] placeholders for image j), BOS where
+        the family puts it, then the prompt's ids."""
+        blocks = [t for n in counts for t in self.image_block(ids, n)]
+        first = [bos] if bos is not None and self.bos == "first" else []
+        after = [bos] if bos is not None and self.bos == "after_images" else []
+        return first + blocks + after + text
+
+    def process_images(self, processor, rows: list[list]) -> dict:
+        """rows [B][N] PIL images -> the model's image tensors (vision_keys): pixel_values in row-major image
+        order ([B * N, 3, H, W], Qwen's patches [sum of patches, D], or Idefics3's [B, N, 3, H, W])."""
+        images = rows if self.nested_images else [im for row in rows for im in row]
+        out = processor(images=images, return_tensors="pt")
+        return {k: out[k] for k in self.vision_keys if k in out}
+
+    def image_token_counts(self, config, vision: dict, num_images: int) -> list[int]:
+        """Placeholder tokens of each of the num_images images (row-major), from the model config and the
+        processed images: Qwen's vary with each image's grid, the others have a fixed grid."""
+        if self.mrope:
+            merge = config.vision_config.spatial_merge_size
+            return [int(g.prod()) // merge**2 for g in vision["image_grid_thw"]]
+        v = config.vision_config
+        shuffle = getattr(config, "scale_factor", 1)  # Idefics3 merges shuffle x shuffle patches into one token
+        return [(v.image_size // v.patch_size) ** 2 // shuffle**2] * num_images
 
     def image_processor(self, size: int | None = None, path: str | None = None):
         """The family's image processor; from a local checkpoint if path is given, else sized for presets."""
@@ -160,7 +212,8 @@ def _paligemma_config(size: str):
 def _qwen(name: str, version: str, cls: str) -> Family:
     return Family(
         name, f"{cls}ForConditionalGeneration", "Qwen2VLImageProcessorPil", (name,), QWEN_TOKENS,
-        patch_multiple=28 if version != "3" else 32, mrope=True,
+        patch_multiple=28 if version != "3" else 32, mrope=True, block_head=("start",), block_tail=("end",),
+        vision_keys=("pixel_values", "image_grid_thw"),
         presets={size: _qwen_config(version, size) for size in SIZES},
     )
 
@@ -172,10 +225,12 @@ FAMILIES: dict[str, Family] = {
         _qwen("qwen2_5_vl", "2.5", "Qwen2_5_VL"),
         _qwen("qwen3_vl", "3", "Qwen3VL"),
         Family("smolvlm", "Idefics3ForConditionalGeneration", "Idefics3ImageProcessorPil", ("idefics3", "smolvlm"),
-               IDEFICS3_TOKENS, patch_multiple=32, presets={s: _idefics3_config(s) for s in SIZES}),
+               IDEFICS3_TOKENS, patch_multiple=32, block_head=("start", "global"), block_tail=("start",),
+               bos="first", nested_images=True, vision_keys=("pixel_values", "pixel_attention_mask"),
+               presets={s: _idefics3_config(s) for s in SIZES}),
         Family("paligemma", "PaliGemmaForConditionalGeneration", "SiglipImageProcessorPil", ("paligemma",),
-               PALIGEMMA_TOKENS, patch_multiple=16, position_offset=1,
-               presets={s: _paligemma_config(s) for s in SIZES}),
+               PALIGEMMA_TOKENS, patch_multiple=16, position_offset=1, bos="after_images", prompt_suffix="\n",
+               prefix_lm=True, presets={s: _paligemma_config(s) for s in SIZES}),
     )
 }
 

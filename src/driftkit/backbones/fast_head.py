@@ -6,7 +6,7 @@
     gen = head.generate(images, prompts)                             # greedy, KV-cached: .actions [B, T, D], .nfe
     refiner = make_decoder("residual_flow", cond_dim=bb.hidden_size, target_shape=(T, D), base="external",
                            net="expert")
-    policy = FASTResidualPolicy(bb, head, refiner)                   # loss(batch), sample(images, prompts, K)
+    driftkit.policy.FASTPolicy wraps the head and a refiner as one policy (config, training, save format)
 
 Vocabulary. FAST id i is the i-th of the last N "free" ids of the LM vocabulary (ascending), where free means
 below the model's original vocabulary size V and not a special token (image placeholders, BOS/EOS/PAD, any
@@ -204,7 +204,7 @@ class FASTLMHead(nn.Module):
         """[prefix | queries | tokens [B, S]] -> (features, logits [B, S + 1, V] from the last query on).
 
         A frozen backbone runs the prefix without autograd into a cache (nothing there trains), like
-        VLMPolicy.features; other modes run one differentiable pass over everything."""
+        VLMPolicy.features does; other modes run one differentiable pass over everything."""
         from transformers import DynamicCache
 
         bb, l, q, s = self.backbone, inputs.prefix_len, self.backbone.num_query_tokens, tokens.shape[1]
@@ -254,7 +254,7 @@ class FASTLMHead(nn.Module):
         return self.teacher_forced_tokens(images, prompts, self.encode_target(target))
 
     def loss(self, batch: dict) -> DecoderLoss:
-        """batch: images (B), prompts (B), target [B, T, D] -> FAST cross-entropy (as VLMPolicy.loss)."""
+        """batch: images (B), prompts (B), target [B, T, D] -> FAST cross-entropy ."""
         images, prompts, target, _ = unpack_batch(batch, self.backbone.device)
         out = self.teacher_forced(images, prompts, target)
         return DecoderLoss(out.loss, {**out.metrics, "loss": out.loss.item()})
@@ -300,7 +300,7 @@ class FASTLMHead(nn.Module):
     @torch.no_grad()
     def sample(self, images, prompts, num_samples: int = 1, steps=None, generator=None) -> Tensor:
         """-> [B, K, T, D]: the greedy chunk repeated K times (greedy decoding is deterministic; steps and
-        generator are accepted for VLMPolicy's signature and unused)."""
+        generator are accepted for the decoders' signature and unused)."""
         check_positive("num_samples", num_samples)
         y = self.generate(images, prompts).actions
         return y[:, None].expand(-1, num_samples, -1, -1)

@@ -1,4 +1,4 @@
-"""Model inputs from images and prompts: checks, image placeholders, left padding and position ids.
+"""Model inputs from images and prompts: checks, camera lists, the PrefixInputs of a batch.
 
 Prompts are left-padded so every row's prefix ends in the same column; the query tokens then sit at the
 same columns in every row, which lets one cached suffix pass serve the whole batch.
@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from torch import Tensor
-
-from driftkit.backbones.families import Family
 
 
 @dataclass
@@ -38,9 +36,9 @@ class PrefixInputs:
                     position_ids=self.position_ids, **self.vision, **self.extra)
 
 
-def to_pil(image, index: int, min_side: int, family: str) -> Image.Image:
-    """PIL image, uint8 array [H, W, 3], or tensor [3, H, W] (uint8, or float in [0, 1]) -> RGB PIL image."""
-    where = f"images[{index}]"
+def to_pil(image, where: str, min_side: int, family: str) -> Image.Image:
+    """PIL image, uint8 array [H, W, 3], or tensor [3, H, W] (uint8, or float in [0, 1]) -> RGB PIL image.
+    `where` names the image in errors ("images[1]" or "images[1][0]")."""
     if isinstance(image, Image.Image):
         pil = image.convert("RGB")
     elif isinstance(image, (np.ndarray, Tensor)):
@@ -68,42 +66,33 @@ def check_batch(images, prompts) -> None:
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
     if not isinstance(images, (list, tuple)):
-        raise TypeError(f"images must be a list (one image per prompt), got {type(images).__name__}")
+        raise TypeError(f"images must be a list (one image, or one list of camera images, per prompt), got "
+                        f"{type(images).__name__}")
     if len(images) != len(prompts) or not prompts:
-        raise ValueError(f"got {len(images)} image(s) and {len(prompts)} prompt(s); need one image per prompt, B >= 1")
+        raise ValueError(f"got {len(images)} image(s) and {len(prompts)} prompt(s); need one image (or one list of "
+                         "camera images) per prompt, B >= 1")
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise TypeError(f"prompts[{i}] has type {type(p).__name__}, expected str")
 
 
-def process_images(family: Family, processor, images: list[Image.Image]) -> dict:
-    """Family image processor -> model keyword tensors (pixel_values, image_grid_thw, pixel_attention_mask)."""
-    if family.name == "smolvlm":
-        out = processor(images=[[im] for im in images], return_tensors="pt")
-        return {"pixel_values": out["pixel_values"], "pixel_attention_mask": out["pixel_attention_mask"]}
-    out = processor(images=images, return_tensors="pt")
-    keep = ("pixel_values", "image_grid_thw")
-    return {k: out[k] for k in keep if k in out}
-
-
-def image_token_counts(family: Family, config, vision: dict, batch: int) -> list[int]:
-    """Number of placeholder tokens each image occupies in the prompt."""
-    if family.mrope:
-        merge = config.vision_config.spatial_merge_size
-        return [int(g.prod()) // merge**2 for g in vision["image_grid_thw"]]
-    if family.name == "smolvlm":
-        v = config.vision_config
-        n = (v.image_size // v.patch_size) ** 2 // config.scale_factor**2
-        return [n * vision["pixel_values"].shape[1]] * batch
-    v = config.vision_config
-    return [(v.image_size // v.patch_size) ** 2] * batch
-
-
-def image_block(family: Family, tok_ids: dict[str, int], n: int, bos: int | None) -> list[int]:
-    """Token ids of one image in the family's prompt layout (placeholders are filled by the vision tower)."""
-    if family.mrope:
-        return [tok_ids["start"]] + [tok_ids["image"]] * n + [tok_ids["end"]]
-    if family.name == "smolvlm":
-        head = [bos] if bos is not None else []
-        return head + [tok_ids["start"], tok_ids["global"]] + [tok_ids["image"]] * n + [tok_ids["start"]]
-    return [tok_ids["image"]] * n + ([bos] if bos is not None else [])  # PaliGemma: image tokens, then BOS
+def camera_rows(images: list) -> tuple[list[list], list[list[str]]]:
+    """images[i]: one image, or a list/tuple of N images (one per camera) -> ([B][N] images, [B][N] names for
+    errors). Every row must hold the same N: the cameras are one set for the whole batch, and Idefics3 would
+    silently pad a short row with blank images."""
+    rows, names = [], []
+    for i, im in enumerate(images):
+        if isinstance(im, (list, tuple)):
+            rows.append(list(im))
+            names.append([f"images[{i}][{j}]" for j in range(len(im))])
+        else:
+            rows.append([im])
+            names.append([f"images[{i}]"])
+    counts = [len(r) for r in rows]
+    if 0 in counts:
+        raise ValueError(f"images[{counts.index(0)}] is an empty list; each row needs at least one image")
+    odd = next((i for i, c in enumerate(counts) if c != counts[0]), None)
+    if odd is not None:
+        raise ValueError(f"images[{odd}] has {counts[odd]} image(s) but images[0] has {counts[0]}; every row needs the "
+                         f"same number of images (one per camera), got counts {counts}")
+    return rows, names

@@ -9,7 +9,7 @@ import typer
 
 def _labels(policies: list, paths: list[Path]) -> list[str]:
     """Decoder registry name per checkpoint; the folder name is added where two would collide."""
-    names = [getattr(type(getattr(p, "decoder", None)), "name", None) or path.name for p, path in zip(policies, paths)]
+    names = [f"{p.kind}/{p.config.decoder}" if p.kind != "state" else p.config.decoder for p in policies]
     return [f"{n} ({path.name})" if names.count(n) > 1 else n for n, path in zip(names, paths)]
 
 

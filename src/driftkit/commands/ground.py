@@ -1,4 +1,4 @@
-"""`driftkit ground`: train a VLMPolicy on a synthetic grounding benchmark and score it on the test split.
+"""`driftkit ground`: train a VLM policy (through the one trainer) on a synthetic grounding benchmark and score it on the test split.
 
     driftkit ground --task spatial --decoder "residual_flow[regression]" --steps 1000 --seed 0 --out runs/g0
     driftkit ground --task temporal --decoder lm_tokens --backbone qwen2_5_vl-mid --set train_size=8192

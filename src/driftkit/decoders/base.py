@@ -1,17 +1,25 @@
 """Decoder: the two-method contract every continuous decoder keeps.
 
-    out = dec.loss(cond, target, mask=None)                       -> DecoderLoss(.loss, .metrics)
-    y   = dec.sample(cond, num_samples=K, steps=None, generator=None)  -> [B, K, T, D]
-    n   = dec.nfe(steps=None)                                      network evaluations per sample() call
+    out = dec.loss(cond, target, mask=None)                    -> DecoderLoss(.loss, .metrics)
+    y   = dec.sample(cond, num_samples=K, steps=None, generator=None, temperature=None)
+                                                               -> [B, K, T, D]
+    n   = dec.nfe(steps=None)                                  network evaluations per sample() call
 
 cond is [B, C] (or [B, L, C] prefix states for nets that attend to them); target is [B, T, D] in the user's
 units; mask [B, T, D] is True where the target is real (False = padding). The base class validates inputs,
 normalises targets once (driftkit.normalize) and repeats the condition for K samples; subclasses implement
 `_loss` and `_sample` in the normalised space. Flow time follows driftkit.flow: t = 0 noise, t = 1 data.
+
+Temperature: a decoder has one exactly when its config has a `temperature` field (flow, drift, tokens,
+lm_tokens, residual_flow, residual_drift); that field is the default, and `sample(..., temperature=x)`
+overrides it for one call without touching the config. x must be >= 0. A decoder without one (regression,
+discrete_flow) accepts only temperature=None and raises on any value, 0 included: it has no knob to set,
+and silently ignoring a value would hide a caller's mistake.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -131,15 +139,45 @@ class Decoder(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, cond: Tensor, num_samples: int = 1, steps: int | None = None, generator: torch.Generator | None = None
+        self,
+        cond: Tensor,
+        num_samples: int = 1,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float | None = None,
     ) -> Tensor:
-        """cond [B, C] -> [B, K, T, D] samples in the target's units; K samples share one batched pass."""
+        """cond [B, C] -> [B, K, T, D] samples in the target's units; K samples share one batched pass.
+        temperature: None = the config's own; see the module docstring for decoders without one."""
         self._check_cond(cond)
         check_positive("num_samples", num_samples)
         if steps is not None:
             check_positive("steps", steps)
-        x = self._sample(cond, num_samples, steps, generator)  # [B, K, T, D], normalised
+        temp = self.resolve_temperature(temperature)
+        x = self._sample(cond, num_samples, steps, generator, temp)  # [B, K, T, D], normalised
         return self.normalizer.unnormalize(x)
+
+    @property
+    def has_temperature(self) -> bool:
+        """Whether this decoder's sampler has a temperature (its config has a `temperature` field)."""
+        return any(f.name == "temperature" for f in fields(self.config))
+
+    def resolve_temperature(self, temperature: float | None) -> float | None:
+        """A per-call temperature -> the value sampling uses: the config's when None; None for a decoder
+        without one. Raises on a negative or non-finite value, or on any value for a decoder without one."""
+        if not self.has_temperature:
+            if temperature is not None:
+                raise ValueError(
+                    f"decoder {self.name!r} has no sampling temperature; got temperature={temperature!r} "
+                    "(pass None)"
+                )
+            return None
+        if temperature is None:
+            return float(self.config.temperature)
+        check_positive("temperature", temperature, allow_zero=True)
+        # inf would turn the source noise into inf/NaN samples; NaN slips past the >= 0 comparison.
+        if not math.isfinite(temperature):
+            raise ValueError(f"got temperature={temperature!r}, must be finite")
+        return float(temperature)
 
     def nfe(self, steps: int | None = None) -> int:
         """Network evaluations one sample() call costs (K samples are batched into each evaluation)."""
@@ -150,9 +188,16 @@ class Decoder(nn.Module):
         """cond [B, C]; x_1 [B, T, D] normalised target (0 where padded); mask [B, T, D] bool."""
         raise NotImplementedError
 
-    def _sample(self, cond: Tensor, k: int, steps: int | None, generator: torch.Generator | None) -> Tensor:
-        """cond [B, C] -> [B, K, T, D] in normalised space."""
+    def _sample(
+        self, cond: Tensor, k: int, steps: int | None, generator: torch.Generator | None, temperature: float | None
+    ) -> Tensor:
+        """cond [B, C] -> [B, K, T, D] in normalised space. temperature is resolved (resolve_temperature): a
+        float >= 0 for decoders with one, None for those without."""
         raise NotImplementedError
+
+    def init_from_lm_head(self, lm_head_rows) -> None:
+        """Hook for decoders that start from a VLM's LM head: lm_head_rows(n) -> (weight [n, H], bias or None)
+        of the last n ids of its vocabulary. Most decoders have nothing to take from it."""
 
     # ---- normalisation -------------------------------------------------------------------------------
     def set_stats(self, stats: NormStats) -> None:

@@ -83,7 +83,7 @@ class DiscreteFlowDecoder(Decoder):
         loss = masked_mean(ce, mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: None) -> Tensor:
         cond_k = repeat_samples(cond, k)
         shape = (cond_k.shape[0], *self.config.target_shape)
         x_0 = self.path.source(shape, cond_k.device, generator)

@@ -39,8 +39,8 @@ class DriftOptions:
     fp32_target: bool = True
     """Compute the drift target in float32 with autocast off."""
     temperature: float = 1.0
-    """Scale of the input noise at sampling: 1 samples the learned distribution, 0 gives the generator's
-    output at the noise mean (deterministic)."""
+    """Default scale of the input noise at sampling (override per call with `temperature=`): 1 samples the
+    learned distribution, 0 gives the generator's output at the noise mean (deterministic)."""
 
     def check_drift(self):
         check_positive("train_samples", self.train_samples)
@@ -82,6 +82,7 @@ class DriftDecoder(Decoder):
         return x_0 + self.net(cond, x_0, t)
 
     def _draw(self, cond: Tensor, k: int, generator=None, temperature: float = 1.0) -> Tensor:
+        """cond [B, C] -> [B, K, T, D] one-step samples from noise scaled by temperature."""
         cond_k = repeat_samples(cond, k)
         x_0 = temperature * randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
         return self.generate(cond_k, x_0).view(cond.shape[0], k, *self.config.target_shape)
@@ -90,8 +91,8 @@ class DriftDecoder(Decoder):
         loss = self.config.drift_loss(self._draw(cond, self.config.train_samples), x_1, mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
-        return self._draw(cond, k, generator, self.config.temperature)
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
+        return self._draw(cond, k, generator, temperature)
 
     def nfe(self, steps: int | None = None) -> int:
         return 1

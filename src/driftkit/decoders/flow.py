@@ -24,8 +24,9 @@ class FlowOptions:
     prediction: str = "velocity"
     """What the network outputs: velocity (pi0/SmolVLA) or data (an x_1 estimate, turned into a velocity)."""
     temperature: float = 1.0
-    """Scale of the source noise at sampling: 1 samples the learned distribution, 0 integrates from the
-    source mean (deterministic; suits targets with one right answer, such as boxes and moments)."""
+    """Default scale of the source noise at sampling (override per call with `temperature=`): 1 samples the
+    learned distribution, 0 integrates from the source mean (deterministic; suits targets with one right
+    answer, such as boxes and moments)."""
 
     def check_flow(self):
         check_positive("steps", self.steps)
@@ -65,9 +66,10 @@ class FlowDecoder(Decoder):
         loss = self.config.flow_loss(lambda x, t: self.net(cond, x, t), randn(x_1.shape, x_1), x_1, mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
         cond_k = repeat_samples(cond, k)
-        x_0 = self.config.temperature * randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
+        # Noise is drawn even at temperature 0 so the generator's stream does not depend on the temperature.
+        x_0 = temperature * randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
         x_1 = self.config.integrate(lambda x, t: self.net(cond_k, x, t), x_0, steps)
         return x_1.view(cond.shape[0], k, *self.config.target_shape)
 

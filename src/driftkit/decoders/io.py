@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_model, save_model
 
+from driftkit.atomic import atomic_dir
 from driftkit.decoders.base import Decoder
 from driftkit.decoders.registry import make_decoder
 
@@ -19,22 +18,11 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 def save_decoder(decoder: Decoder, path: str | os.PathLike) -> Path:
     """Write the decoder to directory `path`. An existing directory is replaced only once the new one is
     complete, so an interrupted save never leaves a half-written decoder in its place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        config = {k: v for k, v in decoder.config.to_dict().items()}
+    with atomic_dir(path) as tmp:
+        config = decoder.config.to_dict()
         (tmp / CONFIG_FILE).write_text(json.dumps({"decoder": type(decoder).name, "config": config}, indent=2))
         save_model(decoder, str(tmp / WEIGHTS_FILE))
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_decoder(path: str | os.PathLike, expect: str | None = None) -> Decoder:

@@ -8,7 +8,7 @@ values, time-major) reads state p of the last T * D states of cond, plus a learn
 parallel in one pass, not autoregressively (OpenVLA decodes them one token at a time).
 
 cond: [B, L, H] states whose last T * D rows are the query tokens (VLMFeatures.query or .context), or
-[B, H] (one state shared by every position). `VLMPolicy` copies the LM head rows in with `load_lm_head`;
+[B, H] (one state shared by every position). `VLMPolicy` copies the LM head rows in (init_from_lm_head);
 the copy then trains with the decoder (the backbone's own head is left as it is).
 """
 
@@ -39,6 +39,9 @@ class LMTokensDecoder(BinDecoder):
         with torch.no_grad():
             self.head.weight.copy_(weight)
             self.head.bias.copy_(bias if bias is not None else torch.zeros_like(self.head.bias))
+
+    def init_from_lm_head(self, lm_head_rows) -> None:
+        self.load_lm_head(*lm_head_rows(self.config.num_bins))
 
     def vocab_ids(self, bin_ids: Tensor, vocab_size: int) -> Tensor:
         """Bin indices -> LM vocabulary ids (V - N + i)."""

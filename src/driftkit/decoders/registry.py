@@ -27,8 +27,9 @@ def decoder_class(name: str) -> type[Decoder]:
     return DECODERS[name]
 
 
-def make_decoder(name: str, cond_dim: int, target_shape: tuple[int, int], **options) -> Decoder:
-    """Build a decoder by registry name. options are fields of its config dataclass."""
+def decoder_config(name: str, cond_dim: int, target_shape: tuple[int, int], **options):
+    """The validated config dataclass of decoder `name` (built without any weights); unknown or bad options
+    raise, naming them. Policy configs call this when they are built, before any data loads."""
     cls = decoder_class(name)
     known = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(options) - known)
@@ -36,4 +37,9 @@ def make_decoder(name: str, cond_dim: int, target_shape: tuple[int, int], **opti
         valid = sorted(known - {"cond_dim", "target_shape"})
         raise ValueError(f"unknown option(s) {unknown} for decoder {name!r}; valid options: {valid}")
     options.setdefault("normalization", cls.default_normalization)
-    return cls(cls.config_class(cond_dim=cond_dim, target_shape=target_shape, **options))
+    return cls.config_class(cond_dim=cond_dim, target_shape=target_shape, **options)
+
+
+def make_decoder(name: str, cond_dim: int, target_shape: tuple[int, int], **options) -> Decoder:
+    """Build a decoder by registry name. options are fields of its config dataclass."""
+    return decoder_class(name)(decoder_config(name, cond_dim, target_shape, **options))

@@ -41,7 +41,7 @@ class RegressionDecoder(Decoder):
         loss = masked_mean(err.abs() if self.config.loss_type == "l1" else err.square(), mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: None) -> Tensor:
         return self.predict(cond).unsqueeze(1).expand(-1, k, -1, -1).clone()
 
     def nfe(self, steps: int | None = None) -> int:

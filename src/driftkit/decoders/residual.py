@@ -96,8 +96,13 @@ class ResidualDecoder(Decoder):
             self.base.fit_normalizer(self.normalizer.normalize(target), mask)
         return stats
 
+    def init_from_lm_head(self, lm_head_rows) -> None:
+        if self.base is not None:
+            self.base.init_from_lm_head(lm_head_rows)
+
     def base_prediction(self, cond: Tensor) -> Tensor:
-        """cond [B, C] -> [B, T, D] the base's (detached) prediction in normalised units."""
+        """cond [B, C] -> [B, T, D] the base's (detached) prediction in normalised units, sampled at the base's
+        own temperature: a per-call temperature is the refiner's, not the base's."""
         return self._own_base().sample(cond, 1)[:, 0]
 
     def _own_base(self) -> Decoder:
@@ -122,12 +127,21 @@ class ResidualDecoder(Decoder):
 
     @torch.no_grad()
     def sample_with_base(
-        self, cond: Tensor, base: Tensor, num_samples: int = 1, steps: int | None = None, generator=None
+        self,
+        cond: Tensor,
+        base: Tensor,
+        num_samples: int = 1,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float | None = None,
     ) -> Tensor:
-        """Refine base [B, T, D] (target units) into [B, K, T, D] samples."""
+        """Refine base [B, T, D] (target units) into [B, K, T, D] samples; temperature None = the config's."""
         self._check_cond(cond)
         check_positive("num_samples", num_samples)
-        x = self._sample_around(cond, self._check_base(cond, base), num_samples, steps, generator)
+        if steps is not None:
+            check_positive("steps", steps)
+        temp = self.resolve_temperature(temperature)
+        x = self._sample_around(cond, self._check_base(cond, base), num_samples, steps, generator, temp)
         return self.normalizer.unnormalize(x)
 
     def base_nfe(self) -> int:
@@ -183,18 +197,19 @@ class ResidualDecoder(Decoder):
         metrics["loss"] = loss.item()
         return DecoderLoss(loss, metrics)
 
-    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
-        return self._sample_around(cond, self.base_prediction(cond), k, steps, generator)
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
+        return self._sample_around(cond, self.base_prediction(cond), k, steps, generator, temperature)
 
-    def _sample_around(self, cond: Tensor, b: Tensor, k: int, steps, generator) -> Tensor:
+    def _sample_around(self, cond: Tensor, b: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
         """b [B, T, D] normalised base -> [B, K, T, D] normalised refined samples."""
-        x = self._refine_sample(repeat_samples(cond, k), repeat_samples(b, k), steps, generator)
+        x = self._refine_sample(repeat_samples(cond, k), repeat_samples(b, k), steps, generator, temperature)
         return x.view(cond.shape[0], k, *self.config.target_shape)
 
     def _refine_loss(self, cond: Tensor, b: Tensor, x_1: Tensor, mask: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _refine_sample(self, cond: Tensor, b: Tensor, steps, generator) -> Tensor:
+    def _refine_sample(self, cond: Tensor, b: Tensor, steps, generator, temperature: float) -> Tensor:
+        """cond [N, C], b [N, T, D] normalised base -> [N, T, D] one refined sample per row."""
         raise NotImplementedError
 
     def _refiner_fn(self, cond: Tensor, b: Tensor):
@@ -220,8 +235,8 @@ class ResidualFlowDecoder(ResidualDecoder):
         c_0, c_1 = self.to_coords(self.source(b), b), self.to_coords(x_1, b)
         return self.config.flow_loss(self._refiner_fn(cond, b), c_0, c_1, mask)
 
-    def _refine_sample(self, cond, b, steps, generator):
-        c_0 = self.to_coords(self.source(b, generator, self.config.temperature), b)
+    def _refine_sample(self, cond, b, steps, generator, temperature: float):
+        c_0 = self.to_coords(self.source(b, generator, temperature), b)
         return self.from_coords(self.config.integrate(self._refiner_fn(cond, b), c_0, steps), b)
 
     def nfe(self, steps: int | None = None) -> int:
@@ -255,8 +270,8 @@ class ResidualDriftDecoder(ResidualDecoder):
         c = c.view(x_1.shape[0], g, *x_1.shape[1:])
         return self.config.drift_loss(c, self.to_coords(x_1, b), mask)
 
-    def _refine_sample(self, cond, b, steps, generator):
-        return self.from_coords(self._generate(cond, b, generator, self.config.temperature), b)
+    def _refine_sample(self, cond, b, steps, generator, temperature: float):
+        return self.from_coords(self._generate(cond, b, generator, temperature), b)
 
     def nfe(self, steps: int | None = None) -> int:
         return self.base_nfe() + 1

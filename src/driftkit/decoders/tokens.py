@@ -24,7 +24,8 @@ class TokensConfig(DecoderConfig):
     num_bins: int = 256
     """Uniform bins over the normalised range [-1, 1]."""
     temperature: float = 0.0
-    """0 decodes the most likely bin; > 0 samples bins independently per position at this temperature."""
+    """Default (override per call with `temperature=`): 0 decodes the most likely bin; > 0 samples bins
+    independently per position at this temperature."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -52,12 +53,12 @@ class BinDecoder(Decoder):
         acc = masked_mean((logits.argmax(-1) == ids).float(), mask)
         return DecoderLoss(loss, {"loss": loss.item(), "token_acc": acc.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator) -> Tensor:
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
         logits = self.logits(cond)  # [B, T, D, V]
-        if self.config.temperature == 0:
+        if temperature == 0:
             ids = logits.argmax(-1).unsqueeze(1).expand(-1, k, -1, -1)
         else:
-            probs = F.softmax(logits.float() / self.config.temperature, dim=-1)
+            probs = F.softmax(logits.float() / temperature, dim=-1)
             flat = probs.unsqueeze(1).expand(-1, k, -1, -1, -1).reshape(-1, probs.shape[-1])
             ids = torch.multinomial(flat, 1, generator=generator).view(cond.shape[0], k, *logits.shape[1:3])
         return self.bins.decode(ids).to(logits.dtype)

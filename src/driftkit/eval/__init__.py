@@ -2,7 +2,7 @@
 loop (which imports the simulator only when it runs)."""
 
 from driftkit.eval.report import markdown_table, plot_success_vs_latency, results_dict, write_json
-from driftkit.eval.rollout import EpisodeRun, EvalConfig, evaluate, evaluate_policy, run_episode
+from driftkit.eval.metaworld import EpisodeRun, EvalConfig, evaluate, evaluate_policy, run_episode
 from driftkit.eval.stats import (
     EpisodeOutcome,
     GroupSummary,

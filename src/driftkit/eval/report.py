@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+from driftkit.atomic import write_text_atomic
 from driftkit.envs.tasks import DIFFICULTY
 from driftkit.eval.stats import EpisodeOutcome, GroupSummary, seed_points
 
@@ -28,27 +29,30 @@ def results_dict(outcomes: list[EpisodeOutcome], summary: list[GroupSummary], co
 
 
 def write_json(path: str | Path, results: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, allow_nan=False), encoding="utf-8")
-    return path
+    return write_text_atomic(path, json.dumps(results, indent=2, allow_nan=False))
 
 
 def _fmt(value, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
+def _stages(ms: dict[str, float]) -> str:
+    """'0.12 / 3.40 / 1.05' for the stages preprocess, prefix and decoder ('-' where a policy has no such stage)."""
+    return " / ".join(_fmt(ms.get(k), ".2f") for k in ("preprocess", "prefix", "decoder"))
+
+
 def markdown_table(summary: list[GroupSummary]) -> str:
     """One row per (decoder, task or split): success % +- binomial SE, seed std, length, ms and NFE per chunk."""
     head = ("| decoder | group | tasks | episodes | success % | ± SE | seed std | mean length | ms/chunk | "
-            "NFE/chunk |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "preprocess / prefix / decoder ms | NFE/chunk |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for s in summary:
         group = f"**{s.group}**" if s.group == "all" or s.group in DIFFICULTY else s.group
         lines.append(
             f"| {s.decoder} | {group} | {s.n_tasks} | {s.n_episodes} | {100 * s.success_rate:.1f} | "
             f"{100 * s.success_se:.1f} | {_fmt(None if s.seed_std is None else 100 * s.seed_std, '.1f')} | "
-            f"{s.mean_length:.1f} | {_fmt(s.chunk_ms_median, '.2f')} | {_fmt(s.nfe, 'd')} |")
+            f"{s.mean_length:.1f} | {_fmt(s.chunk_ms_median, '.2f')} | {_stages(s.stage_ms_median)} | "
+            f"{_fmt(s.nfe, 'd')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,7 +27,9 @@ class EpisodeOutcome:
     chunk_ms: list[float]
     """Wall-clock milliseconds of every predict() call in the episode."""
     nfe: int | None
-    """Network evaluations per predicted chunk (decoder.nfe), None when unknown."""
+    """Network evaluations per predicted chunk (policy.nfe), None when unknown."""
+    stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    """Per stage of predict (preprocess, prefix, decoder): the milliseconds of every call."""
 
 
 @dataclass
@@ -46,6 +48,8 @@ class GroupSummary:
     mean_length: float
     chunk_ms_median: float
     nfe: int | None
+    stage_ms_median: dict[str, float] = field(default_factory=dict)
+    """Median milliseconds per stage of predict (preprocess, prefix, decoder)."""
 
 
 def success_rate(successes) -> float:
@@ -88,6 +92,8 @@ def summarize_group(outcomes: list[EpisodeOutcome], decoder: str, group: str) ->
         n_seeds=len(by_seed), mean_length=float(np.mean([o.length for o in outcomes])),
         chunk_ms_median=float(np.median(ms)) if ms else float("nan"),
         nfe=nfes.pop() if len(nfes) == 1 else None,
+        stage_ms_median={k: float(np.median([m for o in outcomes for m in o.stage_ms.get(k, [])]))
+                         for k in dict.fromkeys(k for o in outcomes for k in o.stage_ms)},
     )
 
 

@@ -1,4 +1,5 @@
-"""Grounding experiments: train a VLMPolicy on a synthetic grounding benchmark, score it on the test split.
+"""Grounding experiments: a VLM policy trained through the one trainer (driftkit.train) on a synthetic
+grounding benchmark, then scored on the test split (driftkit.grounding.evaluate).
 
     cfg = GroundingExperimentConfig(task="spatial", decoder="residual_flow[regression]", steps=1500, seed=0)
     results = run_experiment(cfg, "runs/spatial-rf")      # also written to runs/spatial-rf/results.json
@@ -7,14 +8,8 @@
 Decoder specs name a registered decoder, and for residual decoders their base in brackets:
 "residual_flow[lm_tokens]" is residual_flow with base="lm_tokens". Every decoder reads the same backbone
 features (cond="context": prefix and query states, through the cross-attending "expert" net; lm_tokens reads
-its values off the query states with the VLM's LM head rows).
-
-Evaluation takes one sample per query. Predictions are clipped to [0, 1] and each (start, end) / (x1, x2) /
-(y1, y2) pair is sorted before scoring, so an out-of-range or flipped prediction is repaired rather than
-counted as a miss; how many needed it is reported (num_clipped, num_reordered). Decoders that sample at a
-positive temperature by default (flow, residual_*) are also scored at temperature 0 from the same weights,
-and residual decoders also by their base head alone ("base"), so refinement is compared with its own base on
-identical features.
+its values off the query states with the VLM's LM head rows). The training run is an ordinary trainer run
+(train_config): checkpoints, exact resume and the NaN stop come with it, in <out>/checkpoints.
 """
 
 from __future__ import annotations
@@ -24,15 +19,15 @@ import math
 import os
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from driftkit.atomic import write_text_atomic
 from driftkit.errors import check_choice, check_positive
-from driftkit.grounding.metrics import score_boxes, score_moments
+from driftkit.grounding.evaluate import POSTPROCESS, eval_variants, evaluate
 
 TASKS = ("spatial", "temporal")
 TARGET_SHAPES = {"spatial": (1, 4), "temporal": (1, 2)}
@@ -40,8 +35,6 @@ DECODER_SPECS = ("regression", "lm_tokens", "flow", "residual_flow[regression]",
                  "residual_drift")
 """The specs the benchmark sweeps; any registered decoder (and residual_*[base]) is accepted."""
 RESIDUAL = ("residual_flow", "residual_drift")
-POSTPROCESS = ("predictions clipped to [0, 1], then each (start, end) / (x1, x2) / (y1, y2) pair sorted "
-               "ascending, before scoring")
 _SPEC = re.compile(r"^([a-z_]+)(?:\[([a-z_]+)\])?$")
 
 
@@ -130,11 +123,11 @@ class GroundingExperimentConfig:
     """auto (cuda when available), cpu or cuda."""
     log_every: int = 50
     save_policy: bool = False
-    """Write the trained policy to <out>/policy (VLMPolicy.save_pretrained)."""
+    """Also export the trained policy to <out>/policy (Policy.save_pretrained; the checkpoint has it too)."""
 
     def __post_init__(self):
         from driftkit.backbones import list_presets
-        from driftkit.backbones.policy import COND_KINDS
+        from driftkit.policy.vlm import COND_KINDS
 
         check_choice("task", self.task, TASKS)
         parse_decoder_spec(self.decoder)
@@ -192,22 +185,28 @@ def backbone_input_size(cfg: GroundingExperimentConfig) -> int:
     return max(multiple, generated_side(cfg) // multiple * multiple)
 
 
-def build_policy(cfg: GroundingExperimentConfig, train_targets: Tensor):
-    """A VLMPolicy with the spec's decoder, its normaliser fitted on the training targets [N, T, D]."""
-    from driftkit.backbones import Backbone, VLMPolicy
-    from driftkit.decoders import make_decoder
+def train_config(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike):
+    """The trainer run of an experiment: a VLM policy (no state; T = 1, D = 4 boxes or 2 intervals)."""
+    from driftkit.policy import VLMPolicyConfig
+    from driftkit.train.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
 
     spec = parse_decoder_spec(cfg.decoder)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        backbone = Backbone.from_preset(cfg.backbone, num_query_tokens=cfg.num_query_tokens, mode=cfg.mode,
-                                        seed=cfg.seed, image_size=backbone_input_size(cfg))
-        options = {"net": "expert", "hidden_dim": cfg.hidden_dim, "depth": cfg.depth, **spec.options,
-                   **cfg.decoder_options}
-        decoder = make_decoder(spec.name, backbone.hidden_size, TARGET_SHAPES[cfg.task], **options)
-        policy = VLMPolicy(backbone, decoder, cond=cfg.cond)
-    policy.fit_normalizer(train_targets)
-    return policy
+    horizon, dim = TARGET_SHAPES[cfg.task]
+    model = VLMPolicyConfig(
+        state_dim=0, horizon=horizon, action_dim=dim, backbone=cfg.backbone, mode=cfg.mode,
+        num_query_tokens=cfg.num_query_tokens, cond=cfg.cond, image_size=backbone_input_size(cfg),
+        decoder=spec.name, backbone_options={"seed": cfg.seed},
+        decoder_options={"net": "expert", "hidden_dim": cfg.hidden_dim, "depth": cfg.depth, **spec.options,
+                         **cfg.decoder_options},
+    )
+    return TrainConfig(
+        model=model, data=DataConfig(source="toy"),  # the data are handed to train() directly
+        optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), grad_clip=cfg.grad_clip,
+                          batch_size=cfg.batch_size),
+        schedule=ScheduleConfig(steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1)),
+        seed=cfg.seed, output_dir=str(out_dir), checkpoint_every=min(cfg.steps, 500), keep_checkpoints=1,
+        log_every=cfg.log_every, cpu=resolve_device(cfg.device).type == "cpu", tensorboard=False, progress=False,
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -218,189 +217,55 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# ---- training -----------------------------------------------------------------------------------------------
-def train_policy(policy, train, cfg: GroundingExperimentConfig, out_dir: Path) -> dict:
-    """AdamW with warm-up + cosine (driftkit.train's schedule), seeded batch order; metrics.jsonl in out_dir."""
-    from torch.utils.data import DataLoader
-
-    from driftkit.grounding.synthetic import collate_grounding
-    from driftkit.train.config import ScheduleConfig
-    from driftkit.train.data import ResumableBatchSampler
-    from driftkit.train.metrics import MetricsLogger
-    from driftkit.train.trainer import lr_factor
-
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    schedule = ScheduleConfig(steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule))
-    sampler = ResumableBatchSampler(len(train), cfg.batch_size, cfg.seed, 0, cfg.steps)
-    loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate_grounding)
-    logger = MetricsLogger(out_dir, tensorboard=False)
-    torch.manual_seed(cfg.seed)  # the decoders' noise
-    policy.train()
-    start, loss = time.perf_counter(), float("nan")
-    try:
-        for step, batch in enumerate(loader, start=1):
-            out = policy.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss = out.loss.item()
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                logger.log(step, {**out.metrics, "loss": loss, "lr": scheduler.get_last_lr()[0]})
-    finally:
-        logger.close()
-    policy.eval()
-    seconds = time.perf_counter() - start
-    return {"steps": cfg.steps, "seconds": seconds, "final_loss": loss,
-            "samples_per_s": cfg.steps * cfg.batch_size / max(seconds, 1e-9)}
-
-
-# ---- evaluation ---------------------------------------------------------------------------------------------
-@dataclass
-class EvalVariant:
-    """How predictions are drawn from one trained policy."""
-
-    label: str
-    temperature: float | None = None
-    """Sampling temperature override (None = the decoder's own)."""
-    base_only: bool = False
-    """Residual decoders: the base head's prediction without refinement."""
-
-
-def eval_variants(policy, spec: str) -> list[EvalVariant]:
-    dec = policy.decoder
-    variants = [EvalVariant(spec)]
-    if getattr(dec.config, "temperature", 0.0) > 0:
-        variants.append(EvalVariant(f"{spec} T=0", temperature=0.0))
-    if hasattr(dec, "base_prediction"):
-        variants.append(EvalVariant(f"{spec} base", base_only=True))
-    return variants
-
-
-@contextmanager
-def _temperature(decoder, value: float | None):
-    old = getattr(decoder.config, "temperature", None)
-    if value is not None:
-        decoder.config.temperature = value
-    try:
-        yield
-    finally:
-        if value is not None:
-            decoder.config.temperature = old
-
-
-@torch.no_grad()
-def predict(policy, images, prompts, variant: EvalVariant, generator=None) -> Tensor:
-    """One prediction per query, [B, D] in target units (before clipping)."""
-    with _temperature(policy.decoder, variant.temperature):
-        if not variant.base_only:
-            return policy.sample(images, prompts, num_samples=1, generator=generator)[:, 0, 0]
-        dec = policy.decoder
-        cond = policy.condition(policy.backbone.encode_queries(policy.backbone.encode_prefix(images, prompts)))
-        return dec.normalizer.unnormalize(dec.base_prediction(cond))[:, 0]
-
-
-def postprocess(pred: Tensor) -> tuple[Tensor, int, int]:
-    """pred [N, 2k] laid out [lo_1..lo_k, hi_1..hi_k] -> (clipped and sorted [N, 2k], rows clipped, rows
-    reordered)."""
-    clipped = pred.clamp(0.0, 1.0)
-    k = pred.shape[-1] // 2
-    lo, hi = clipped[:, :k], clipped[:, k:]
-    fixed = torch.cat([torch.minimum(lo, hi), torch.maximum(lo, hi)], dim=-1)
-    return fixed, int((clipped != pred).any(-1).sum()), int((lo > hi).any(-1).sum())
-
-
-def constant_baseline(train, test, task: str) -> dict:
-    """Metrics of predicting the training targets' mean for every query: what ignoring image and text scores."""
-    score = score_boxes if task == "spatial" else score_moments
-    gt = test.targets()  # [N, 1, D]
-    scores = score(train.targets().mean(0, keepdim=True).expand_as(gt), gt)
-    return dict(zip(scores.columns(), scores.percentages()))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def evaluate(policy, test, cfg: GroundingExperimentConfig, variant: EvalVariant) -> dict:
-    """Scores, NFE and timings of one variant on the test split."""
-    from driftkit.grounding.synthetic import collate_grounding
-
-    device = policy.backbone.device
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    preds, gts = [], []
-    _sync(device)
-    start = time.perf_counter()
-    for i in range(0, len(test), cfg.eval_batch_size):
-        batch = collate_grounding([test[j] for j in range(i, min(i + cfg.eval_batch_size, len(test)))])
-        preds.append(predict(policy, batch["images"], batch["prompts"], variant, generator).float().cpu())
-        gts.append(batch["target"][:, 0])
-    _sync(device)
-    ms = 1000 * (time.perf_counter() - start) / len(test)
-    pred, num_clipped, num_reordered = postprocess(torch.cat(preds))
-    score = score_boxes if cfg.task == "spatial" else score_moments
-    scores = score(pred, torch.cat(gts))
-    dec = policy.decoder
-    return {
-        "label": variant.label, "temperature": variant.temperature, "base_only": variant.base_only,
-        "metrics": dict(zip(scores.columns(), scores.percentages())), "scores": scores.to_dict(),
-        "nfe": dec.base.nfe() if variant.base_only else dec.nfe(), "ms_per_prediction": ms,
-        "eval_batch_size": cfg.eval_batch_size, "latency_ms": _latency(policy, test, cfg, variant),
-        "num_clipped": num_clipped, "num_reordered": num_reordered,
-    }
-
-
-def _latency(policy, test, cfg, variant) -> float | None:
-    """Median ms of one batch-1 prediction (image + prompt to box), after two warm-up calls."""
-    if not cfg.latency_repeats:
-        return None
-    item, device = test[0], policy.backbone.device
-    times = []
-    for i in range(cfg.latency_repeats + 2):
-        _sync(device)
-        start = time.perf_counter()
-        predict(policy, [item["images"]], [item["prompts"]], variant)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    times = sorted(times[2:])
-    return 1000 * times[len(times) // 2]
-
-
-# ---- the whole run -------------------------------------------------------------------------------------------
 def run_experiment(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike, datasets=None) -> dict:
     """Train, evaluate every variant, write <out_dir>/results.json (atomically) and return its content.
 
     datasets: (train, test) from build_datasets(cfg), to share one copy between runs of a sweep (the examples
     depend on the task, sizes and data_seed only)."""
+    from driftkit.grounding.actions import GroundingActions
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    train, test = datasets if datasets is not None else build_datasets(cfg)
+    train_data, test = datasets if datasets is not None else build_datasets(cfg)
     data_seconds = time.perf_counter() - start
-    policy = build_policy(cfg, train.targets()).to(resolve_device(cfg.device))
-    training = train_policy(policy, train, cfg, out)
-    training["data_seconds"] = data_seconds
-    evaluations = [evaluate(policy, test, cfg, v) for v in eval_variants(policy, cfg.decoder)]
+    run = _train_or_resume(train_config(cfg, out), GroundingActions(train_data))
+    policy = run.policy.eval()
+    seconds = time.perf_counter() - start - data_seconds
+    training = {"steps": run.step, "seconds": seconds, "final_loss": run.last_loss, "data_seconds": data_seconds,
+                "samples_per_s": cfg.steps * cfg.batch_size / max(seconds, 1e-9), "checkpoint": str(run.checkpoint)}
+    evaluations = [evaluate(policy, test, cfg.task, v, cfg.seed, cfg.eval_batch_size, cfg.latency_repeats)
+                   for v in eval_variants(policy, cfg.decoder)]
     if cfg.save_policy:
-        policy.save_pretrained(str(out / "policy"), include_frozen=False)
+        policy.save_pretrained(out / "policy")
     dec = policy.decoder
     results = {
         "task": cfg.task, "decoder": cfg.decoder, "seed": cfg.seed, "config": cfg.to_dict(),
         "decoder_config": {"name": type(dec).name, **dec.config.to_dict()},
         "trainable_parameters": sum(p.numel() for p in policy.parameters() if p.requires_grad),
         "train": training, "evaluations": evaluations, "postprocess": POSTPROCESS,
-        "device": str(policy.backbone.device), "torch_threads": torch.get_num_threads(),
+        "device": str(policy.device), "torch_threads": torch.get_num_threads(),
         "total_seconds": time.perf_counter() - start,
     }
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, default=_jsonable))
-    tmp.replace(out / "results.json")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=_jsonable))
     return results
+
+
+def _train_or_resume(tcfg, data):
+    """Train, continuing from the newest checkpoint of an interrupted run; a finished one is loaded as is."""
+    import dataclasses
+
+    from driftkit.policy import load_policy
+    from driftkit.train.checkpoint import latest_checkpoint, read_trainer_state
+    from driftkit.train.trainer import TrainResult, train
+
+    found = latest_checkpoint(tcfg.output_dir)
+    if found is None:
+        return train(tcfg, dataset=data)
+    state = read_trainer_state(found)
+    if state.step < tcfg.schedule.steps:
+        return train(dataclasses.replace(tcfg, resume="latest"), dataset=data)
+    device = "cpu" if tcfg.cpu else resolve_device("auto")
+    return TrainResult(load_policy(found, device=device), state.step, state.last_loss, found, Path(tcfg.output_dir))
 
 
 def _jsonable(x):

@@ -1,10 +1,10 @@
-"""Procedural grounding benchmarks a VLM has to look at to solve, and torch datasets that feed VLMPolicy.
+"""Procedural grounding benchmarks a VLM has to look at to solve, and torch datasets of them (grounding.actions
+adapts them to the trainer's LeRobot keys).
 
     cfg = SpatialGroundingConfig(image_size=64, seed=0)
     train = make_spatial_split(cfg, "train")          # [SpatialExample]: image, expression, box (xyxy in [0, 1])
     data = SpatialGroundingDataset(train)             # items: images, prompts, target [1, 4], mask [1, 4]
-    batch = collate_grounding([data[i] for i in range(8)])
-    policy.loss(batch)                                # VLMPolicy with a decoder of target_shape (1, 4)
+    batch = collate_grounding([data[i] for i in range(8)])   # images and prompts in lists, target [8, 1, 4]
 
     tcfg = TemporalGroundingConfig(num_frames=32, frame_size=32)
     clips = make_temporal_split(tcfg, "test")         # [TemporalExample]: frames, query, interval in [0, 1]
@@ -16,7 +16,7 @@ Temporal: objects that appear, disappear, move or change colour at random times,
 others distractors (synthetic_temporal). Examples are seeded by (seed, split, index); splits never share a
 seed stream.
 
-VLMPolicy takes one image per prompt, so clips reach it as a grid of frames (frame_grid); the items also carry
+The benchmark gives the VLM one image per prompt, so clips reach it as a grid of frames (frame_grid); the items also carry
 the sampled frames (key "frames") for wrappers that take several images or video.
 """
 
@@ -149,7 +149,7 @@ class TemporalGroundingDataset(Dataset):
 
 
 def collate_grounding(items: Sequence[dict]) -> dict:
-    """Dataset items -> a VLMPolicy.loss batch: tensors stacked ([B, 1, D]), everything else in lists."""
+    """Dataset items -> a batch: tensors stacked ([B, 1, D]), everything else in lists."""
     if not items:
         raise ValueError("collate_grounding needs at least one item, got none")
     return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], Tensor) else [it[k] for it in items]

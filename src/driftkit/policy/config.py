@@ -1,24 +1,24 @@
-"""PolicyConfig: what a Policy is made of (observation encoder + any registered decoder)."""
+"""PolicyConfig: what every policy is made of (an observation side + any registered decoder), one subclass
+per policy kind. Configs validate themselves when built, decoder options included."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 from driftkit.errors import check_positive
-
-STATE_KEY = "observation.state"
-IMAGE_KEY = "observation.image"
-ACTION_KEY = "action"
-ACTION_PAD_KEY = "action_is_pad"
-TASK_KEY = "task_index"
+from driftkit.policy.keys import ACTION_KEY, STATE_KEY, camera_key
 
 
 @dataclass
 class PolicyConfig:
-    """A state (and optionally image) conditioned policy that outputs action chunks [T, D]."""
+    """Fields every policy kind shares."""
+
+    kind: ClassVar[str] = ""
 
     state_dim: int = 39
-    """S, width of `observation.state` (39 for Meta-World's observation vector)."""
+    """S, width of `observation.state` (39 for Meta-World's observation vector); 0 = no state input."""
     action_dim: int = 4
     """D, width of one action (4 for Meta-World)."""
     horizon: int = 16
@@ -26,34 +26,75 @@ class PolicyConfig:
     decoder: str = "flow"
     """Registered decoder name (driftkit.list_decoders())."""
     decoder_options: dict = field(default_factory=dict)
-    """Options of the decoder's config dataclass, e.g. {"steps": 10} or {"num_bins": 64}."""
-    num_tasks: int = 1
-    """Number of distinct `task_index` values; each gets a learned embedding."""
-    task_embed_dim: int = 32
-    """Width of the task embedding."""
-    hidden_dim: int = 256
-    """Hidden width of the observation encoder."""
-    cond_dim: int = 256
-    """C, width of the condition the encoder hands to the decoder."""
-    image_size: int = 0
-    """Side of a square RGB `observation.image` [3, H, H] (64 for the Meta-World renders); 0 = state only."""
+    """Options of the decoder's config dataclass, e.g. {"steps": 10} or {"base": "lm_tokens"}."""
+    cameras: tuple[str, ...] = ()
+    """Camera features the policy reads (`observation.images.<name>`); () = every camera of the training
+    dataset, filled in when training starts."""
     normalize_state: bool = True
     """Standardise the state with dataset statistics (identity until set_stats is called)."""
 
     def __post_init__(self):
-        for name in ("state_dim", "action_dim", "horizon", "num_tasks", "task_embed_dim", "hidden_dim", "cond_dim"):
+        for name in ("state_dim", "action_dim", "horizon"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"got {name}={value!r}, must be an int")
-            check_positive(name, value)
+            check_positive(name, value, allow_zero=name == "state_dim")
         if not isinstance(self.decoder_options, dict):
             raise TypeError(f"got decoder_options={self.decoder_options!r}, must be a dict")
-        if self.image_size and (self.image_size < 16 or self.image_size % 8):
-            raise ValueError(f"got image_size={self.image_size}, must be 0 (no image) or a multiple of 8 >= 16")
-        from driftkit.decoders.registry import DECODERS
+        if isinstance(self.cameras, str):
+            raise TypeError(f"got cameras={self.cameras!r}, must be a list of camera names")
+        self.cameras = tuple(camera_key(c) for c in self.cameras)
+        self._check_decoder()
 
-        if self.decoder not in DECODERS:
-            raise ValueError(f"got decoder={self.decoder!r}, must be one of {sorted(DECODERS)}")
+    def _check_decoder(self) -> None:
+        """Build the decoder's own config now, so a wrong option fails before any data loads."""
+        import driftkit.backbones  # noqa: F401  (registers lm_tokens and the expert net)
+        from driftkit.decoders.registry import decoder_config
+
+        options = {**self.default_decoder_options(), **self.decoder_options}
+        try:
+            decoder_config(self.decoder, 1, self.target_shape, **options)
+        except ValueError as err:
+            raise ValueError(f"got decoder={self.decoder!r}: {err}") from None
+
+    def default_decoder_options(self) -> dict:
+        """Options this policy kind gives its decoder unless decoder_options says otherwise."""
+        return {}
+
+    @property
+    def has_unused_parameters(self) -> bool:
+        """Whether some parameters get no gradient in a training step (DDP must then look for them): staged
+        residual decoders train their base or refiner alone in each phase."""
+        return self.decoder_options.get("schedule") == "staged"
+
+    @property
+    def uses_images(self) -> bool:
+        """Whether the policy reads camera images (the data loader decodes none otherwise)."""
+        return True
+
+    def item_spec(self) -> dict[str, tuple[tuple[int, ...] | None, str]]:
+        """LeRobot key -> (shape of one item, or None for a string; the config fields it follows), for
+        checking a dataset against the config before training."""
+        spec = {ACTION_KEY: (self.target_shape, "model.horizon, model.action_dim")}
+        if self.state_dim:
+            spec[STATE_KEY] = ((self.state_dim,), "model.state_dim")
+        return spec
+
+    def with_data(self, dataset) -> "PolicyConfig":
+        """This config with what the training data decides filled in (default: its cameras, when none are
+        named); every camera named must exist in the dataset."""
+        available = list(getattr(dataset, "cameras", []))
+        missing = [c for c in self.cameras if c not in available]
+        if missing:
+            raise KeyError(f"model.cameras names {missing[0]!r}, which the dataset does not have; its cameras: "
+                           f"{available}")
+        if self.cameras or not available:
+            return self
+        return dataclasses.replace(self, cameras=tuple(available))
+
+    def stat_keys(self) -> tuple[str, ...]:
+        """The dataset statistics the policy normalises with."""
+        return (ACTION_KEY, STATE_KEY) if self.state_dim else (ACTION_KEY,)
 
     @property
     def target_shape(self) -> tuple[int, int]:
@@ -64,8 +105,8 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PolicyConfig":
-        known = set(cls.__dataclass_fields__)
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown PolicyConfig field(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
         return cls(**data)

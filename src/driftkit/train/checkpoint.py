@@ -1,8 +1,9 @@
 """Training checkpoints: one directory per step under <output_dir>/checkpoints/, written atomically.
 
     step_00000500/
-        config.json          PolicyConfig + TrainConfig (driftkit.policy.load_policy reads it)
+        config.json          the policy config + the TrainConfig (driftkit.policy.load_policy reads it)
         model.safetensors    weights (Accelerate's save_state)
+        <assets>             what the policy kind needs to rebuild (Policy.save_assets), as in a saved policy
         optimizer.bin  scheduler.bin  random_states_<rank>.pkl   (torch / numpy / python / cuda RNG)
         trainer_state.json   step and data position; written last, so its presence marks a complete dir
 
@@ -22,7 +23,8 @@ from pathlib import Path
 from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 
-from driftkit.policy.io import CONFIG_NAME, WEIGHTS_NAME, policy_config_dict, read_policy_config
+from driftkit.atomic import fsync_tree, replace_dir
+from driftkit.policy.base import CONFIG_NAME, WEIGHTS_NAME, read_policy_config
 from driftkit.policy.config import PolicyConfig
 
 STATE_NAME = "trainer_state.json"
@@ -88,7 +90,10 @@ def read_trainer_state(path: str | os.PathLike) -> TrainerState:
 
 def check_compatible(path: str | os.PathLike, model: PolicyConfig) -> None:
     """Resuming into a different policy would load weights into the wrong modules: name what differs."""
-    saved = read_policy_config(path)
+    kind, saved = read_policy_config(path)
+    if kind != model.kind:
+        raise ValueError(f"checkpoint {path} holds a {kind!r} policy ({saved.decoder!r} decoder), but the config "
+                         f"asks for a {model.kind!r} policy ({model.decoder!r} decoder)")
     if saved.decoder != model.decoder:
         raise ValueError(f"checkpoint {path} was trained with decoder {saved.decoder!r}, "
                          f"but the config asks for decoder {model.decoder!r}")
@@ -100,8 +105,10 @@ def check_compatible(path: str | os.PathLike, model: PolicyConfig) -> None:
         raise ValueError(f"checkpoint {path} has a different model config: {shown}")
 
 
-def save_checkpoint(accelerator, model, output_dir, state: TrainerState, config_dict: dict, keep: int) -> Path:
-    """Every process calls this (Accelerate gathers sharded state); the main process renames and prunes."""
+def save_checkpoint(accelerator, model, output_dir, state: TrainerState, train_config: dict, keep: int) -> Path:
+    """Every process calls this (Accelerate gathers sharded state); the main process renames and prunes.
+    The directory holds what Policy.save_pretrained writes (config.json, weights, assets) plus the training
+    state, so load_policy opens a checkpoint like an exported policy."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{state.step:08d}"
     tmp = root / f".{final.name}.tmp"
@@ -118,43 +125,11 @@ def save_checkpoint(accelerator, model, output_dir, state: TrainerState, config_
     if accelerator.is_main_process:
         if full is not None:
             save_file({k: v.detach().contiguous().cpu() for k, v in full.items()}, str(tmp / WEIGHTS_NAME))
-        (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2))
+        accelerator.unwrap_model(model).write_files(tmp, weights=False, train=train_config)
         (tmp / STATE_NAME).write_text(json.dumps(asdict(state), indent=2))
-        _fsync_tree(tmp)
-        _replace_dir(tmp, final)
+        fsync_tree(tmp)
+        replace_dir(tmp, final)
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
-
-
-def checkpoint_config(model: PolicyConfig, train: dict) -> dict:
-    return policy_config_dict(model, train=train)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename tmp to final; an existing final (same step saved again) is moved aside until then."""
-    aside = final.with_name(f".{final.name}.old")
-    if final.exists():
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final, aside)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush every file, then the directories, so the rename cannot expose a partly written tree."""
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(root))

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from driftkit.errors import check_choice, check_positive
-from driftkit.policy.config import PolicyConfig
+from driftkit.policy import CONFIGS, FASTPolicyConfig, PolicyConfig, StatePolicyConfig, VLMPolicyConfig
 from driftkit.train.overrides import apply_override, parse_assignment
 
 DATA_SOURCES = ("toy", "lerobot")
@@ -23,12 +23,12 @@ class DataConfig:
     """toy (a synthetic in-memory dataset) or lerobot (a local LeRobot v3 dataset at `root`)."""
     root: str = ""
     """Directory of the LeRobot dataset (source = lerobot)."""
-    image_key: str = ""
-    """Camera feature used as observation.image when model.image_size > 0 ('' = the first camera)."""
     toy_size: int = 512
     """Number of synthetic samples (source = toy)."""
     toy_padding: bool = True
     """Pad the tails of some synthetic chunks, as at episode ends (source = toy)."""
+    toy_image_size: int = 32
+    """Side of the synthetic camera images (source = toy; a state policy's image_size wins)."""
     num_workers: int = 0
     """DataLoader worker processes per training process."""
 
@@ -88,8 +88,8 @@ class ScheduleConfig:
 class TrainConfig:
     """One training run."""
 
-    model: PolicyConfig = field(default_factory=PolicyConfig)
-    """The policy to train."""
+    model: PolicyConfig = field(default_factory=StatePolicyConfig)
+    """The policy to train: a config of any policy kind (StatePolicyConfig, VLMPolicyConfig, ...)."""
     data: DataConfig = field(default_factory=DataConfig)
     """The training data."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -126,17 +126,24 @@ class TrainConfig:
             raise ValueError("got output_dir='', need a run directory")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["model"] = {"kind": self.model.kind, **out["model"]}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         """Inverse of to_dict (config.json of a checkpoint); unknown keys raise, naming them."""
-        parts = {"model": PolicyConfig, "data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig key(s) {unknown}; known: {sorted(known)}")
         kwargs = dict(data)
+        model = dict(kwargs.get("model", {}))
+        kind = model.pop("kind", "state")
+        if kind not in CONFIGS:
+            raise ValueError(f"unknown policy kind {kind!r} in TrainConfig.model; known: {sorted(CONFIGS)}")
+        kwargs["model"] = model
+        parts = {"model": CONFIGS[kind], "data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig}
         for name, part in parts.items():
             if name in kwargs:
                 sub = dict(kwargs[name])
@@ -160,7 +167,7 @@ ALIASES = {
 
 def _toy() -> TrainConfig:
     return TrainConfig(
-        model=PolicyConfig(
+        model=StatePolicyConfig(
             state_dim=8, action_dim=2, horizon=4, num_tasks=2, task_embed_dim=8, hidden_dim=64, cond_dim=64,
             decoder="flow", decoder_options={"hidden_dim": 64, "depth": 2},
         ),
@@ -174,7 +181,7 @@ def _toy() -> TrainConfig:
 
 def _metaworld_state() -> TrainConfig:
     return TrainConfig(
-        model=PolicyConfig(state_dim=39, action_dim=4, horizon=16, num_tasks=50, decoder="flow"),
+        model=StatePolicyConfig(state_dim=39, action_dim=4, horizon=16, num_tasks=50, decoder="flow"),
         data=DataConfig(source="lerobot", root="data/metaworld-mt50"),
         optim=OptimConfig(lr=3e-4, batch_size=256),
         schedule=ScheduleConfig(steps=30_000, warmup_steps=1000),
@@ -192,8 +199,65 @@ def _metaworld_image() -> TrainConfig:
     )
 
 
+def _toy_vla() -> TrainConfig:
+    """The toy task through a tiny VLM: the synthetic camera image and instruction in, chunks out."""
+    cfg = _toy()
+    return dataclasses.replace(
+        cfg,
+        model=VLMPolicyConfig(state_dim=8, action_dim=2, horizon=4, backbone="smolvlm-tiny", mode="full",
+                              num_query_tokens=4, cond="context", decoder="flow",
+                              decoder_options={"hidden_dim": 64, "depth": 2}),
+        data=dataclasses.replace(cfg.data, toy_size=128, toy_image_size=32),
+        optim=OptimConfig(lr=1e-3, batch_size=16),
+        schedule=ScheduleConfig(steps=100, warmup_steps=10),
+        output_dir="runs/toy-vla",
+        checkpoint_every=50,
+    )
+
+
+def _metaworld_vla() -> TrainConfig:
+    """A tiny VLM (SmolVLM family, random init, trained in full) over the corner2 camera, the instruction
+    and the state: a few thousand steps fit in tens of minutes on 2 CPU cores."""
+    return TrainConfig(
+        model=VLMPolicyConfig(state_dim=39, action_dim=4, horizon=16, backbone="smolvlm-tiny", mode="full",
+                              num_query_tokens=4, cond="context", decoder="flow",
+                              decoder_options={"hidden_dim": 128, "depth": 2}),
+        data=DataConfig(source="lerobot", root="data/metaworld-vla"),
+        optim=OptimConfig(lr=3e-4, batch_size=32),
+        schedule=ScheduleConfig(steps=3000, warmup_steps=200),
+        output_dir="runs/metaworld-vla",
+        checkpoint_every=500,
+    )
+
+
+def _metaworld_fast() -> TrainConfig:
+    """The VLA of metaworld-vla with FAST tokens through the VLM's LM head as the base, refined by residual flow
+    (DRIFT's tokenizer base); the FAST tokenizer is fitted on the dataset's chunks when training starts."""
+    cfg = _metaworld_vla()
+    fields = {f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(cfg.model)}
+    fields.update(decoder="residual_flow", num_query_tokens=4)
+    return dataclasses.replace(cfg, model=FASTPolicyConfig(**fields), output_dir="runs/metaworld-fast")
+
+
+def _metaworld_vla_large() -> TrainConfig:
+    """For a GPU: a mid preset (about 0.5 B random parameters) or a local checkpoint (model.backbone=DIR),
+    bf16 autocast, LoRA, more steps."""
+    cfg = _metaworld_vla()
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, backbone="qwen2_5_vl-mid", mode="lora", num_query_tokens=8,
+                                  image_size=224, decoder_options={"hidden_dim": 512, "depth": 3}),
+        optim=OptimConfig(lr=1e-4, batch_size=64),
+        schedule=ScheduleConfig(steps=30_000, warmup_steps=1000),
+        mixed_precision="bf16",
+        output_dir="runs/metaworld-vla-large",
+        checkpoint_every=2000,
+    )
+
+
 PRESETS: dict[str, tuple[Callable[[], TrainConfig], str]] = {
     "toy": (_toy, "synthetic 2-task chunks (S=8, T=4, D=2), tiny nets, 200 steps; seconds on a laptop CPU"),
+    "toy-vla": (_toy_vla, "the toy chunks through smolvlm-tiny (synthetic camera + instruction), 100 steps"),
     "metaworld-state": (
         _metaworld_state,
         "Meta-World MT50, state + task, T=16; data: driftkit collect --tasks mt50 --out data/metaworld-mt50",
@@ -201,6 +265,19 @@ PRESETS: dict[str, tuple[Callable[[], TrainConfig], str]] = {
     "metaworld-image": (
         _metaworld_image,
         "as metaworld-state plus the 64x64 corner2 camera (collect with --image) through a tiny CNN",
+    ),
+    "metaworld-vla": (
+        _metaworld_vla,
+        "smolvlm-tiny over corner2 + instruction + state, full mode; data: driftkit collect --image "
+        "--out data/metaworld-vla",
+    ),
+    "metaworld-fast": (
+        _metaworld_fast,
+        "as metaworld-vla, with FAST tokens through the LM head as the base of a residual_flow refiner",
+    ),
+    "metaworld-vla-large": (
+        _metaworld_vla_large,
+        "for a GPU: qwen2_5_vl-mid (or model.backbone=DIR) in LoRA, bf16, 224 px, 30k steps",
     ),
 }
 

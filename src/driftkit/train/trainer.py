@@ -10,6 +10,7 @@ samples as one process; only the decoders' noise draws differ (process i seeds i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -22,19 +23,18 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from driftkit.policy.config import ACTION_KEY, ACTION_PAD_KEY, STATE_KEY
-from driftkit.policy.policy import Policy
+from driftkit.policy import POLICIES, Policy
+from driftkit.policy.keys import ACTION_PAD_KEY
 from driftkit.train.checkpoint import (
     TrainerState,
     check_compatible,
-    checkpoint_config,
     latest_checkpoint,
     read_trainer_state,
     resolve_resume,
     save_checkpoint,
 )
 from driftkit.train.config import ScheduleConfig, TrainConfig
-from driftkit.train.data import ResumableBatchSampler, build_dataset, check_dataset, dataset_stats
+from driftkit.train.data import ResumableBatchSampler, build_dataset, check_dataset, collate, unpack_text
 from driftkit.train.metrics import MetricsLogger
 
 
@@ -73,16 +73,12 @@ def lr_factor(schedule: ScheduleConfig):
 
 
 def build_policy(cfg: TrainConfig, dataset: Dataset) -> Policy:
-    """A fresh policy whose normalisers hold the dataset's statistics."""
-    policy = Policy(cfg.model)
-    stats = dataset_stats(dataset)
-    policy.set_stats(stats[ACTION_KEY], stats[STATE_KEY] if cfg.model.normalize_state else None)
-    return policy
+    """A fresh policy of the config's kind whose normalisers (and tokenizers) are fitted to the dataset."""
+    return POLICIES[cfg.model.kind].for_training(cfg.model, dataset)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # split_batches: each global batch is cut into per-process slices, and the scheduler steps once per update.
-    staged = cfg.model.decoder_options.get("schedule") == "staged"
     # Accelerate only forms a multi-process CPU group when told to use the CPU; without this, processes
     # started by `accelerate launch`/torchrun on a machine with no GPU would each train alone.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -90,7 +86,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         cpu=cfg.cpu or (launched and not torch.cuda.is_available()),
         mixed_precision=cfg.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=staged)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.model.has_unused_parameters)],
     )
 
 
@@ -107,6 +103,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
         raise FileExistsError(f"output_dir {cfg.output_dir} already holds checkpoints (newest: {existing.name}); "
                               "resume with --resume (resume=latest) or choose another output_dir")
     dataset = dataset if dataset is not None else build_dataset(cfg.data, cfg.model, cfg.seed)
+    # What the data decides (its cameras, their image size) becomes part of the config the run saves.
+    cfg = dataclasses.replace(cfg, model=cfg.model.with_data(dataset))
     check_dataset(dataset, cfg.model)
     start = _start_step(resume_dir, cfg, len(dataset))
     if existing is not None and read_trainer_state(existing).step > start:
@@ -122,7 +120,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> TrainResult:
                          "nothing to train; raise steps to continue")
     sampler = ResumableBatchSampler(len(dataset), cfg.optim.batch_size, cfg.seed, start, cfg.schedule.steps - start)
     # A private generator keeps DataLoader start-up from drawing on the global RNG, which resume restores.
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
                         generator=torch.Generator().manual_seed(cfg.seed))
     model, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
     # Weights start equal everywhere (seeded above); the decoders' noise should not repeat across processes.
@@ -176,7 +174,7 @@ def _run(cfg, accelerator, model, optimizer, scheduler, loader, start, last_ckpt
 def _train_step(cfg, accelerator, model, optimizer, scheduler, batch, step, last_ckpt) -> tuple[float, dict]:
     """One update; every process reaches the same verdict on a non-finite loss, so none is left waiting."""
     try:
-        out = model(batch)
+        out = model(unpack_text(batch))
         loss, metrics = out.loss, {k: v for k, v in out.metrics.items() if k != "loss"}
     except FloatingPointError:  # the decoder refuses to return a non-finite loss
         loss, metrics = torch.tensor(float("nan"), device=accelerator.device), {}
@@ -215,5 +213,4 @@ def _stop(what: str, last_ckpt: Path | None) -> None:
 def _save(cfg: TrainConfig, accelerator, model, step: int, loss: float | None, dataset_size: int) -> Path:
     state = TrainerState(step=step, dataset_size=dataset_size, global_batch_size=cfg.optim.batch_size,
                          last_loss=loss)
-    config = checkpoint_config(cfg.model, cfg.to_dict())
-    return save_checkpoint(accelerator, model, cfg.output_dir, state, config, cfg.keep_checkpoints)
+    return save_checkpoint(accelerator, model, cfg.output_dir, state, cfg.to_dict(), cfg.keep_checkpoints)

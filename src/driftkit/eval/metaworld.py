@@ -1,16 +1,16 @@
 """Closed-loop evaluation on Meta-World: predict a chunk of T actions, execute the first `n_action_steps`
 open-loop, observe, predict again, until success or the step limit.
 
-The policy follows the contract of driftkit.policy.Policy:
-    policy.predict(obs_batch, num_samples=K, steps=S, select=...) -> actions [B, T, D]
-with obs_batch = {"observation.state": [B, 39] float32, "task_index": [B] long (when the policy was trained
-on several tasks), "observation.image": [B, 3, H, W] float32 in [0, 1] (with images)};
-policy.decoder.nfe(steps) gives the network evaluations per chunk.
+Any policy of driftkit.policy runs here through its one contract:
+    policy.predict(obs_batch, num_samples=K, steps=S, select=..., timer=...) -> actions [B, T, D]
+with obs_batch in LeRobot's keys: "observation.state" [1, 39] float32, "task" [the instruction],
+"task_index" [1] long (when the policy was trained on several tasks), and "observation.images.corner2"
+[1, 3, H, W] float32 in [0, 1] for policies that read that camera (the one Meta-World renders here);
+policy.nfe(steps) gives the network evaluations per chunk.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,9 +18,9 @@ import numpy as np
 from driftkit.envs.tasks import DIFFICULTY, resolve_tasks
 from driftkit.eval.stats import EpisodeOutcome, summarize
 
-STATE_KEY = "observation.state"
-IMAGE_KEY = "observation.image"
-TASK_KEY = "task_index"
+from driftkit.policy.keys import STATE_KEY, TASK_INDEX_KEY, TASK_KEY
+
+CAMERA_KEY = "observation.images.corner2"  # the camera MetaWorldEnv renders
 
 
 @dataclass
@@ -57,19 +57,32 @@ class EvalConfig:
 
 
 def policy_nfe(policy, steps: int | None) -> int | None:
-    decoder = getattr(policy, "decoder", None)
-    return int(decoder.nfe(steps)) if decoder is not None and hasattr(decoder, "nfe") else None
+    return int(policy.nfe(steps)) if hasattr(policy, "nfe") else None
 
 
-def obs_batch(obs, task_index: int | None) -> dict:
+def policy_image_size(policy) -> int:
+    """Side of the camera image a policy reads (0 = none): its config's image_size or image_shape."""
+    config = getattr(policy, "config", None)
+    cameras = [c for c in getattr(config, "cameras", ()) if c != CAMERA_KEY]
+    if cameras:
+        raise ValueError(f"the policy reads cameras {cameras}; Meta-World renders only {CAMERA_KEY!r} here")
+    shape = getattr(config, "image_shape", ())
+    if shape:
+        if shape[1] != shape[2]:
+            raise ValueError(f"the policy was trained on {shape[1]}x{shape[2]} images; the renders are square")
+        return int(shape[1])
+    return int(getattr(config, "image_size", 0) or 0)
+
+
+def obs_batch(obs, task_index: int | None, instruction: str = "") -> dict:
     """One environment observation -> a batch of one for policy.predict."""
     import torch
 
-    batch = {STATE_KEY: torch.as_tensor(obs.state, dtype=torch.float32)[None]}
+    batch = {STATE_KEY: torch.as_tensor(obs.state, dtype=torch.float32)[None], TASK_KEY: [instruction]}
     if task_index is not None:
-        batch[TASK_KEY] = torch.tensor([task_index], dtype=torch.long)
+        batch[TASK_INDEX_KEY] = torch.tensor([task_index], dtype=torch.long)
     if obs.image is not None:
-        batch[IMAGE_KEY] = torch.as_tensor(obs.image).permute(2, 0, 1)[None].float() / 255.0
+        batch[CAMERA_KEY] = torch.as_tensor(obs.image).permute(2, 0, 1)[None].float() / 255.0
     return batch
 
 
@@ -103,30 +116,36 @@ class EpisodeRun:
     """Environment steps taken."""
     chunk_ms: list[float]
     """Milliseconds of every predict call (including the copy to the CPU, which waits for a GPU)."""
+    stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    """Per stage of predict (preprocess, prefix, decoder), the milliseconds of every call."""
 
 
 def run_episode(policy, env, cfg: EvalConfig, task_index: int | None = None) -> EpisodeRun:
     """One closed-loop episode on a MetaWorldEnv-like env (reset() -> obs, step(a) -> .obs/.success/.truncated)."""
     import torch
 
+    from driftkit.timing import StageTimer
+
     obs = env.reset()
-    chunk_ms: list[float] = []
-    t = 0
-    while t < cfg.max_steps:
-        start = time.perf_counter()
-        with torch.no_grad():
-            pred = policy.predict(obs_batch(obs, task_index), num_samples=cfg.num_samples,
-                                  steps=cfg.steps, select=cfg.select)
-        actions = chunk_to_numpy(pred)
-        chunk_ms.append(1000.0 * (time.perf_counter() - start))
+    run = EpisodeRun(False, 0, [])
+    instruction = getattr(env, "instruction", "")
+    timer = StageTimer(getattr(policy, "device", None))
+    while run.length < cfg.max_steps:
+        with torch.no_grad(), timer.stage("chunk"):
+            pred = policy.predict(obs_batch(obs, task_index, instruction), num_samples=cfg.num_samples,
+                                  steps=cfg.steps, select=cfg.select, timer=timer)
+            actions = chunk_to_numpy(pred)
+        for stage, ms in timer.reset().items():
+            (run.chunk_ms if stage == "chunk" else run.stage_ms.setdefault(stage, [])).append(ms)
         for action in actions[: cfg.n_action_steps]:
             step = env.step(action)
-            obs, t = step.obs, t + 1
+            obs, run.length = step.obs, run.length + 1
             if step.success:
-                return EpisodeRun(True, t, chunk_ms)
-            if t >= cfg.max_steps or step.truncated:
-                return EpisodeRun(False, t, chunk_ms)
-    return EpisodeRun(False, t, chunk_ms)
+                run.success = True
+                return run
+            if run.length >= cfg.max_steps or step.truncated:
+                return run
+    return run
 
 
 def evaluate_policy(policy, label: str, cfg: EvalConfig, task_map: dict[str, int] | None = None,
@@ -139,7 +158,7 @@ def evaluate_policy(policy, label: str, cfg: EvalConfig, task_map: dict[str, int
 
     nfe = policy_nfe(policy, cfg.steps)
     # A policy trained on images says so in its config; render at its size even without cfg.image.
-    policy_image = int(getattr(getattr(policy, "config", None), "image_size", 0) or 0)
+    policy_image = policy_image_size(policy)
     image, image_size = cfg.image or policy_image > 0, policy_image or cfg.image_size
     outcomes = []
     bar = tqdm(total=len(cfg.tasks_resolved) * len(cfg.seeds) * cfg.episodes, desc=f"eval {label}",
@@ -153,7 +172,7 @@ def evaluate_policy(policy, label: str, cfg: EvalConfig, task_map: dict[str, int
                     run = run_episode(policy, env, cfg, task_index)
                     outcomes.append(EpisodeOutcome(decoder=label, task=task, seed=seed, episode=episode,
                                                    success=run.success, length=run.length,
-                                                   chunk_ms=run.chunk_ms, nfe=nfe))
+                                                   chunk_ms=run.chunk_ms, nfe=nfe, stage_ms=run.stage_ms))
                     bar.update(1)
                     bar.set_postfix(success=f"{np.mean([o.success for o in outcomes]):.2f}")
     bar.close()

@@ -1,0 +1,262 @@
+"""VLMPolicy: a VLM backbone (any family, preset or local checkpoint) and any driftkit decoder.
+
+    cfg = VLMPolicyConfig(backbone="smolvlm-tiny", decoder="flow", horizon=8, action_dim=4, state_dim=39,
+                          cameras=("observation.images.corner2",))
+    policy = VLMPolicy(cfg)
+    out = policy(batch)                         # LeRobot keys: observation.images.<cam>, observation.state, task
+    y = policy.sample(obs, num_samples=K)       # prefix encoded once into a KV cache, K samples from it
+
+The cameras of one observation enter the prompt as successive images, the instruction (`task`) as its text,
+then the query tokens. Which features the decoder sees (`cond`):
+    pooled   [B, Q * H]      query states flattened (for pooled nets such as "mlp")
+    query    [B, Q, H]       query states (for "expert" and "lm_tokens")
+    context  [B, L + Q, H]   prefix then query states, padding zeroed (for "expert")
+
+The state vector goes to the decoder, not into the prefix: a zero-initialised linear map of the normalised
+state is added to every query state. The prefix then holds exactly the image + text inputs a pretrained VLM
+was trained on (as pi0 feeds the state to its action expert rather than to the VLM), the state costs no
+prefix tokens, and an untrained projection leaves the pretrained features unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from driftkit.decoders.base import DecoderLoss
+from driftkit.decoders.registry import make_decoder
+from driftkit.errors import check_choice, check_finite, check_positive
+from driftkit.normalize import NormStats, Normalizer
+from driftkit.policy.base import Policy, action_target, check_batch_shape, register_policy, require
+from driftkit.policy.config import PolicyConfig
+from driftkit.policy.keys import ACTION_KEY, STATE_KEY, TASK_KEY
+from driftkit.timing import StageTimer, stage_of
+
+COND_KINDS = ("pooled", "query", "context")
+BACKBONE_ASSETS = "backbone"
+
+
+@dataclass
+class VLMPolicyConfig(PolicyConfig):
+    """A VLM read out at query tokens, feeding any decoder."""
+
+    kind = "vlm"
+
+    backbone: str = "smolvlm-tiny"
+    """A backbone preset (driftkit.backbones.list_presets()) or a local transformers checkpoint directory."""
+    mode: str = "full"
+    """frozen (only the query-token embeddings train), lora, or full."""
+    num_query_tokens: int = 4
+    """Q, query tokens appended after the prompt; lm_tokens needs at least T * D of them."""
+    cond: str = "context"
+    """Which backbone features the decoder sees: pooled, query or context (see the module docstring)."""
+    image_size: int | None = None
+    """Presets only: the backbone's input side in pixels (None = the preset's default)."""
+    image_shape: tuple[int, ...] = ()
+    """(3, H, W) of every camera image, filled in from the training data; checked on every call."""
+    prompt_format: str = "{prompt}"
+    """Text around the instruction, with {prompt} replaced by it (e.g. the tail of a chat template)."""
+    gradient_checkpointing: bool = False
+    """Recompute the backbone's activations in the backward pass (families whose model supports it)."""
+    backbone_options: dict = field(default_factory=dict)
+    """Further BackboneConfig fields, e.g. {"dtype": "bfloat16", "lora_rank": 8, "layer": -2}."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("cond", self.cond, COND_KINDS)
+        check_positive("num_query_tokens", self.num_query_tokens)
+        self.image_shape = tuple(int(s) for s in self.image_shape)
+        if self.image_shape and (len(self.image_shape) != 3 or self.image_shape[0] != 3):
+            raise ValueError(f"got image_shape={self.image_shape}, must be () or (3, H, W)")
+        self.backbone_config()  # validates mode, image_size and backbone_options now
+
+    def default_decoder_options(self) -> dict:
+        return {"net": "mlp" if self.cond == "pooled" else "expert"}
+
+    @property
+    def has_unused_parameters(self) -> bool:
+        return True  # the backbone's LM head (and parts of its vision tower) take no part in the loss
+
+    def item_spec(self) -> dict:
+        spec = {**super().item_spec(), TASK_KEY: (None, "the instruction, from meta/tasks.parquet")}
+        for key in self.cameras if self.image_shape else ():
+            spec[key] = (self.image_shape, "model.image_shape")
+        return spec
+
+    def with_data(self, dataset) -> "VLMPolicyConfig":
+        cfg = super().with_data(dataset)
+        if not cfg.cameras:
+            raise ValueError("a VLM policy needs at least one camera, and the dataset has none")
+        if cfg.image_shape:
+            return cfg
+        item = dataset[0]
+        missing = [k for k in cfg.cameras if k not in item]
+        if missing:
+            raise KeyError(f"model.cameras names {missing[0]!r}, but dataset items have {sorted(item)}")
+        shapes = {k: tuple(item[k].shape) for k in cfg.cameras}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"the cameras have different image shapes {shapes}; use cameras of one size")
+        return dataclasses.replace(cfg, image_shape=next(iter(shapes.values())))
+
+    def backbone_config(self):
+        from driftkit.backbones.config import BackboneConfig
+
+        reserved = {"source", "mode", "num_query_tokens", "image_size", "prompt_format"}
+        clash = sorted(reserved & set(self.backbone_options))
+        if clash:
+            raise ValueError(f"backbone_options {clash} are fields of the policy config itself; set them there")
+        known = {f.name for f in dataclasses.fields(BackboneConfig)}
+        unknown = sorted(set(self.backbone_options) - known)
+        if unknown:
+            raise ValueError(f"unknown backbone_options {unknown}; known: {sorted(known - reserved)}")
+        return BackboneConfig(source=self.backbone, mode=self.mode, num_query_tokens=self.num_query_tokens,
+                              image_size=self.image_size, prompt_format=self.prompt_format, **self.backbone_options)
+
+
+def build_backbone(config: VLMPolicyConfig):
+    """The backbone a config names: a preset is built from its config, a local directory is loaded."""
+    from driftkit.backbones import Backbone, list_presets
+
+    if config.backbone not in list_presets() and not os.path.isdir(config.backbone):
+        raise ValueError(f"got backbone={config.backbone!r}: neither a preset ({list_presets()}) nor a local "
+                         "checkpoint directory")
+    return Backbone.from_config(config.backbone_config())
+
+
+@register_policy
+class VLMPolicy(Policy):
+    config_class = VLMPolicyConfig
+
+    def __init__(self, config: VLMPolicyConfig, backbone=None):
+        """backbone: an already built Backbone of this config (from_assets passes the rebuilt one)."""
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else build_backbone(config)
+        h, q = self.backbone.hidden_size, self.backbone.num_query_tokens
+        options = {**config.default_decoder_options(), **config.decoder_options}
+        cond_dim = q * h if config.cond == "pooled" else h
+        self.decoder = make_decoder(config.decoder, cond_dim, config.target_shape, **options)
+        self.decoder.init_from_lm_head(self.backbone.lm_head_rows)
+        self.state_proj = None
+        if config.state_dim:
+            self.state_proj = nn.Linear(config.state_dim, h)
+            nn.init.zeros_(self.state_proj.weight)
+            nn.init.zeros_(self.state_proj.bias)
+        kind = "mean_std" if config.normalize_state else "none"
+        self.state_normalizer = Normalizer(max(config.state_dim, 1), kind)
+        if config.gradient_checkpointing:
+            self._enable_checkpointing()
+
+    def _enable_checkpointing(self) -> None:
+        model = self.backbone.model
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"gradient_checkpointing=True, but the {self.backbone.family.name} model "
+                             f"({type(model).__name__}) does not support it")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ---- statistics -------------------------------------------------------------------------------------
+    def set_stats(self, stats: dict[str, NormStats]) -> None:
+        self.decoder.set_stats(stats[ACTION_KEY])
+        if self.config.state_dim and self.config.normalize_state:
+            self.state_normalizer.set_stats(stats[STATE_KEY])
+
+    # ---- inputs -------------------------------------------------------------------------------------------
+    def inputs(self, obs: dict) -> tuple[list, list[str], Tensor | None]:
+        """obs -> (images: B lists of camera tensors [3, H, W], prompts: B strings, state [B, S] or None)."""
+        cfg = self.config
+        prompts = require(obs, TASK_KEY, " (the language instruction, one string per row)")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        b = len(prompts)
+        if not cfg.cameras:
+            raise ValueError("config.cameras is empty: name the camera features (the trainer fills them from the "
+                             "dataset)")
+        views = []
+        for key in cfg.cameras:
+            image = require(obs, key, f" (config.cameras = {list(cfg.cameras)})")
+            check_batch_shape(key, image, cfg.image_shape or tuple(image.shape[1:]), b)
+            views.append(image)
+        images = [[view[i] for view in views] for i in range(b)]
+        state = None
+        if cfg.state_dim:
+            state = require(obs, STATE_KEY, f" (config.state_dim={cfg.state_dim}; 0 = no state input)")
+            check_batch_shape(STATE_KEY, state, (cfg.state_dim,), b)
+            state = state.float().to(self.backbone.device)
+            check_finite(STATE_KEY, state)
+        return images, prompts, state
+
+    def condition(self, feats, state: Tensor | None) -> Tensor:
+        """The decoder's cond (float32) from backbone features, with the projected state added to the
+        query states."""
+        if state is not None:
+            shift = self.state_proj(self.state_normalizer.normalize(state)).to(feats.query.dtype)
+            feats = dataclasses.replace(feats, query=feats.query + shift[:, None])
+        x = {"pooled": lambda: feats.pooled, "query": lambda: feats.query, "context": lambda: feats.context}
+        return x[self.config.cond]().float()
+
+    def features(self, images, prompts):
+        """Backbone features with gradients where they can reach trainable weights.
+
+        A frozen backbone has nothing trainable in the prefix (the query embeddings only enter the query
+        pass), so the prefix runs without autograd into a cache and only the query pass is differentiated:
+        the same gradients for a fraction of the activation memory."""
+        if self.backbone.config.mode != "frozen":
+            return self.backbone.encode(images, prompts)
+        with torch.no_grad():
+            prefix = self.backbone.encode_prefix(images, prompts)
+        return self.backbone.encode_queries(prefix)
+
+    # ---- the contract ---------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> DecoderLoss:
+        images, prompts, state = self.inputs(batch)
+        target, mask = action_target(batch, self.config, len(prompts))
+        dev = self.backbone.device
+        cond = self.condition(self.features(images, prompts), state)
+        return self.decoder.loss(cond, target.to(dev), None if mask is None else mask.to(dev))
+
+    @torch.no_grad()
+    def encode(self, obs: dict, timer: StageTimer | None = None) -> Tensor:
+        """obs -> the decoder's cond, with the image + prompt prefix encoded once into a KV cache and one
+        query pass over it."""
+        stage = stage_of(timer)
+        with stage("preprocess"):
+            images, prompts, state = self.inputs(obs)
+        with stage("prefix"):
+            feats = self.backbone.encode_queries(self.backbone.encode_prefix(images, prompts))
+        return self.condition(feats, state)
+
+    @torch.no_grad()
+    def sample(self, obs: dict, num_samples: int = 1, steps: int | None = None,
+               generator: torch.Generator | None = None, timer: StageTimer | None = None,
+               temperature: float | None = None) -> Tensor:
+        """-> [B, K, T, D]; the decoder batches the K samples over the one condition (see encode)."""
+        check_positive("num_samples", num_samples)
+        cond = self.encode(obs, timer)
+        with stage_of(timer)("decoder"):
+            return self.decoder.sample(cond, num_samples, steps, generator, temperature=temperature)
+
+    def nfe(self, steps: int | None = None) -> int:
+        return self.decoder.nfe(steps)
+
+    # ---- persistence ----------------------------------------------------------------------------------------
+    def save_assets(self, path: Path) -> None:
+        self.backbone.save_assets(Path(path) / BACKBONE_ASSETS)
+
+    @classmethod
+    def from_assets(cls, config: VLMPolicyConfig, path: Path) -> "VLMPolicy":
+        return cls(config, saved_backbone(path))
+
+
+def saved_backbone(path: Path):
+    """The backbone rebuilt from a policy directory's assets (random weights until the policy's are loaded)."""
+    from driftkit.backbones import Backbone
+
+    assets = Path(path) / BACKBONE_ASSETS
+    if not assets.is_dir():
+        raise FileNotFoundError(f"{assets} not found: a VLM policy directory keeps its backbone's config, "
+                                "tokenizer and processor there")
+    return Backbone.from_assets(str(assets))
+
