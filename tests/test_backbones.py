@@ -37,7 +37,6 @@ def test_features_shapes_and_image_dependence(family):
     assert feats.prefix.shape[:2] == feats.prefix_mask.shape and feats.prefix.shape[0] == 2
     # the shorter prompt is left-padded, the longer one is not
     assert feats.prefix_mask[0].all() and not feats.prefix_mask[1].all()
-    assert feats.context.shape == (2, feats.prefix.shape[1] + 3, h)
     other = bb.encode(images(2, seed=1), PROMPTS[:2])
     assert (feats.query - other.query).abs().max() > 1e-4, "query states ignore the image"
     same = bb.encode([Image.fromarray(im) for im in imgs], PROMPTS[:2])  # PIL input = array input
@@ -82,7 +81,7 @@ def test_frozen_policy_gradients_through_the_cached_prefix_match_a_full_pass():
     grads = []
     for feats in (policy.features(images(2), PROMPTS[:2]), policy.backbone.encode(images(2), PROMPTS[:2])):
         policy.zero_grad()
-        policy.decoder.loss(policy.condition(feats, None), target).loss.backward()
+        policy.decoder.loss(policy.condition(feats, None).cond, target).loss.backward()
         grads.append(policy.backbone.query_embed.grad.clone())
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
@@ -252,8 +251,8 @@ def test_save_load_gives_identical_samples(family, tmp_path):
     # VLMPolicy.sample(repeat_cache=True) did this; the same check now runs through the backbone and decoder.)
     images_, prompts, state = policy.inputs(obs)
     prefix = policy.backbone.encode_prefix(images_, prompts)
-    cond = policy.condition(policy.backbone.encode_queries(prefix, repeats=3), state)  # [B * K, ...]
-    rep = policy.decoder.sample(cond, 1, generator=gen()).view(2, 3, T, D)
+    c = policy.condition(policy.backbone.encode_queries(prefix, repeats=3), None if state is None else state.repeat_interleave(3, 0))
+    rep = policy.decoder.sample(c.cond, 1, generator=gen(), cond_mask=c.mask).view(2, 3, T, D)  # [B * K, ...]
     torch.testing.assert_close(rep, y, atol=1e-5, rtol=0)
 
 
@@ -291,7 +290,7 @@ def test_lm_tokens_starts_as_the_lm_head_on_the_last_vocab_ids():
     with torch.no_grad():
         logits = bb.model(**inputs.full_kwargs()).logits[:, inputs.prefix_len:]  # [B, Q, V]
         feats = bb.encode(images(2), PROMPTS[:2])
-        ours = dec.logits(policy.condition(feats, None))  # [B, T, D, N]
+        ours = dec.logits(policy.condition(feats, None).cond)  # [B, T, D, N]
     v = bb.base_vocab
     torch.testing.assert_close(ours.reshape(2, T * D, 16), logits[..., v - 16:v], atol=1e-5, rtol=0)
     # decoding the LM's own argmax over the bin ids reproduces the decoder's sample
@@ -309,7 +308,9 @@ def test_policy_sizes_the_decoder_to_the_cond_width(cond):
     h, q = policy.backbone.hidden_size, policy.backbone.num_query_tokens
     assert policy.decoder.config.cond_dim == (q * h if cond == "pooled" else h)
     images_, prompts, _ = policy.inputs(vlm_obs(PROMPTS[:2]))
-    x = policy.condition(policy.backbone.encode(images_, prompts), None)
+    c = policy.condition(policy.backbone.encode(images_, prompts), None)
+    assert (c.mask is not None) == (cond == "context")
+    x = c.cond
     assert x.shape[-1] == policy.decoder.config.cond_dim and x.dim() == (2 if cond == "pooled" else 3)
     with pytest.raises(ValueError, match="cond='auto'"):
         policy_config("qwen2_vl", cond="auto")

@@ -47,12 +47,16 @@ def spec(in_dim=D, use_time=True) -> NetSpec:
     return NetSpec(cond_dim=C, horizon=T, in_dim=in_dim, out_dim=D, use_time=use_time, hidden_dim=32, depth=2)
 
 
-def test_zero_rows_of_cond_are_padding():
+def test_masked_rows_of_cond_are_padding():
+    """Ported from test_zero_rows_of_cond_are_padding: padding is now marked by cond_mask, not by zero rows.
+    Left padding under the mask gives the unpadded output; the same zero rows without a mask are attended."""
     torch.manual_seed(0)
     net = make_net("expert", spec()).eval()
     cond, x, t = torch.randn(2, 5, C), torch.randn(2, T, D), torch.rand(2)
-    padded = torch.cat([torch.zeros(2, 3, C), cond], dim=1)  # left padding, as VLMFeatures.context writes it
-    torch.testing.assert_close(net(padded, x, t), net(cond, x, t), atol=1e-6, rtol=0)
+    padded = torch.cat([torch.zeros(2, 3, C), cond], dim=1)  # left padding, as a VLM prefix has it
+    cond_mask = torch.cat([torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(net(padded, x, t, cond_mask=cond_mask), net(cond, x, t), atol=1e-6, rtol=0)
+    assert (net(padded, x, t) - net(cond, x, t)).abs().max() > 1e-4, "zero rows are inferred as padding"
 
 
 def test_pooled_cond_is_one_prefix_token_and_outputs_depend_on_inputs():

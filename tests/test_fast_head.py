@@ -246,10 +246,9 @@ def test_bad_input_names_the_values():
     with pytest.raises(ValueError, match=rf"vocab_size={big.vocab_size} does not fit .* 262 ids, of which 256 "):
         FASTLMHead(head.backbone, big)
     # The policy's horizon disagrees with the tokenizer's: the refiner is sized T=5, FAST was fitted on T=4.
-    # (The removed FASTResidualPolicy refused this when built; FASTPolicy refuses it on its first batch.)
-    wrong_shape = FASTPolicy(fast_config(horizon=5), tokenizer=fitted_tokenizer())
-    with pytest.raises(ValueError, match=r"\[2, 5, 2\], expected \[\*, 4, 2\].*T=4, D=2"):
-        wrong_shape({**vlm_obs(PROMPTS[:2]), "action": torch.zeros(2, 5, D)})
+    # FASTPolicy refuses it when built, naming both shapes.
+    with pytest.raises(ValueError, match=r"fitted on \(T, D\) = \(4, 2\).*\(5, 2\)"):
+        FASTPolicy(fast_config(horizon=5), tokenizer=fitted_tokenizer())
     # A refiner with its own base: the config refuses it (was: a hand-built decoder with base='regression').
     with pytest.raises(ValueError, match="base='regression'.*base='external'"):
         fast_config(decoder_options={"base": "regression"})

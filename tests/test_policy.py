@@ -117,7 +117,7 @@ def test_selection_returns_one_of_the_samples():
     torch.manual_seed(0)
     policy = StatePolicy(small_config("flow"))
     obs = make_batch()
-    samples = policy.decoder.sample(policy.encode(obs), 6, generator=torch.Generator().manual_seed(1))
+    samples = policy.decoder.sample(policy.encode(obs).cond, 6, generator=torch.Generator().manual_seed(1))
     for select in ("keystone", "medoid"):
         chunk = policy.predict(obs, num_samples=6, select=select, generator=torch.Generator().manual_seed(1))
         assert chunk.shape == (5, T, D)

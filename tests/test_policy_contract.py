@@ -274,3 +274,46 @@ def test_projected_state_reaches_the_decoder(cond):
     assert policy.state_proj.weight.abs().max() > 0
     with torch.no_grad():
         assert policy(batch).loss.item() < loss_before  # it learnt something, not only moved
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "qwen2_5_vl"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(family):
+    """Recomputing activations in the backward pass changes memory, not maths: the same loss and gradients as
+    without it. Breaks when the option does not reach the model (the flag is then a no-op that this test cannot
+    see, so it also checks the model reports checkpointing on) or when checkpointing drops a gradient path."""
+    def loss_and_grads(checkpointing: bool):
+        torch.manual_seed(0)
+        policy = make_policy(vlm_config(family, cond="context", decoder="regression", mode="full",
+                                        gradient_checkpointing=checkpointing))
+        with_stats(policy).train()
+        obs = vlm_obs(policy.config)
+        batch = {**obs, "action": torch.randn(2, T, D, generator=torch.Generator().manual_seed(1))}
+        loss = policy(batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        return policy, loss.item(), grads
+
+    plain, loss_a, grads_a = loss_and_grads(False)
+    ckpt, loss_b, grads_b = loss_and_grads(True)
+    assert ckpt.backbone.model.is_gradient_checkpointing and not plain.backbone.model.is_gradient_checkpointing
+    assert loss_a == pytest.approx(loss_b, abs=1e-6)
+    assert grads_a.keys() == grads_b.keys() and any("backbone.model" in n for n in grads_a)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("decoder", ["flow", "residual_flow"])
+def test_prefix_padding_reaches_the_decoder_as_a_mask(decoder):
+    """Prompts of different lengths are left-padded in a batch; with cond="context" the padding goes to the
+    decoder as cond_mask, so each row predicts what it predicts alone (where nothing is padded). Breaks when
+    the policy stops passing the mask: the expert then attends the padded positions' hidden states."""
+    torch.manual_seed(0)
+    policy = with_stats(perturb(make_policy(vlm_config(cond="context", decoder=decoder))))
+    obs = vlm_obs(policy.config)
+    assert obs["task"][0] != obs["task"][1] and len(obs["task"][0]) != len(obs["task"][1])
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    both = policy.predict(obs, generator=g(), temperature=0.0)
+    for i in range(2):
+        alone = {k: v[i:i + 1] for k, v in obs.items()}
+        torch.testing.assert_close(policy.predict(alone, generator=g(), temperature=0.0), both[i:i + 1],
+                                   atol=1e-4, rtol=0)

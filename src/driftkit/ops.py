@@ -14,9 +14,10 @@ def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def repeat_samples(x: Tensor, k: int) -> Tensor:
-    """[B, ...] -> [B * k, ...], each row repeated k times in a row (sample-major within a batch item)."""
-    return x.repeat_interleave(k, dim=0)
+def repeat_samples(x: Tensor | None, k: int) -> Tensor | None:
+    """[B, ...] -> [B * k, ...], each row repeated k times in a row (sample-major within a batch item).
+    None stays None (an absent cond_mask repeats to an absent one)."""
+    return None if x is None else x.repeat_interleave(k, dim=0)
 
 
 def randn(shape, like: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import torch
 from torch import Tensor
 
 from driftkit.errors import check_choice, check_positive
@@ -86,10 +85,3 @@ class VLMFeatures:
     def pooled(self) -> Tensor:
         """[B, Q * H] the query states flattened: a decoder's cond [B, C] with C = Q * H."""
         return self.query.flatten(1)
-
-    @property
-    def context(self) -> Tensor:
-        """[B, L + Q, H] prefix then query states, padded positions set to exactly zero (the expert net
-        skips all-zero rows), for decoders whose net attends to the whole prefix."""
-        prefix = self.prefix.masked_fill(~self.prefix_mask[..., None], 0.0)
-        return torch.cat([prefix, self.query], dim=1)

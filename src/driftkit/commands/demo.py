@@ -6,7 +6,8 @@ import typer
 
 
 def demo(
-    out: str = typer.Option("outputs/demo", help="Folder for results.json, results.md and demo.png."),
+    out: str = typer.Option("outputs/demo", help="Folder for results.json, results.md, demo.png and runs/ "
+                                                 "(the trainer's run of each model)."),
     steps: int = typer.Option(1200, help="Training steps per decoder and task."),
     seed: int = typer.Option(0, help="Seed for model initialisation and training data."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
@@ -27,7 +28,8 @@ def demo(
     path = write_results(run, settings)
     typer.echo("\n" + markdown_table(run.rows))
     typer.echo(f"\nerr: RMS distance to the nearest true mode (target units); best of K: oracle over K={settings.k}.")
-    typer.echo(f"wrote {path}/results.json, results.md, demo.png in {time.perf_counter() - start:.0f} s")
+    typer.echo(f"wrote {path}/results.json, results.md, demo.png and the checkpoints under {path}/runs/ in "
+               f"{time.perf_counter() - start:.0f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,7 @@
 """Decoder: the two-method contract every continuous decoder keeps.
 
-    out = dec.loss(cond, target, mask=None)                    -> DecoderLoss(.loss, .metrics)
-    y   = dec.sample(cond, num_samples=K, steps=None, generator=None, temperature=None)
+    out = dec.loss(cond, target, mask=None, cond_mask=None)    -> DecoderLoss(.loss, .metrics)
+    y   = dec.sample(cond, num_samples=K, steps=None, generator=None, temperature=None, cond_mask=None)
                                                                -> [B, K, T, D]
     n   = dec.nfe(steps=None)                                  network evaluations per sample() call
 
@@ -9,6 +9,12 @@ cond is [B, C] (or [B, L, C] prefix states for nets that attend to them); target
 units; mask [B, T, D] is True where the target is real (False = padding). The base class validates inputs,
 normalises targets once (driftkit.normalize) and repeats the condition for K samples; subclasses implement
 `_loss` and `_sample` in the normalised space. Flow time follows driftkit.flow: t = 0 noise, t = 1 data.
+
+Condition padding: cond_mask [B, L] bool is True at the real rows of a [B, L, C] cond (a VLM prefix is left
+padded). It is the only record of padding: nothing is inferred from the values of cond, so a padded row may
+hold anything finite and a real row may be zero. It travels with cond to the network (repeated with cond for
+K samples) and is refused, naming the shapes, with a 2-D cond, with the wrong shape, or with a row that has
+no real position. None = every row is real.
 
 Temperature: a decoder has one exactly when its config has a `temperature` field (flow, drift, tokens,
 lm_tokens, residual_flow, residual_drift); that field is the default, and `sample(..., temperature=x)`
@@ -74,6 +80,36 @@ class DecoderConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def check_cond_mask(cond_mask: Tensor | None, cond: Tensor) -> Tensor | None:
+    """cond_mask [B, L] bool (True = real row of cond [B, L, C]) -> itself on cond's device; None stays None.
+    Raises, naming the shapes, for a 2-D cond or a wrong shape, and naming the rows for a row of the batch
+    with no real position (attention over nothing is NaN)."""
+    if cond_mask is None:
+        return None
+    if not isinstance(cond_mask, Tensor):
+        raise TypeError(f"cond_mask must be a torch.Tensor (bool, True = real), got {type(cond_mask).__name__}")
+    if cond.dim() != 3:
+        raise ValueError(
+            f"cond_mask has shape {list(cond_mask.shape)} but cond has shape {list(cond.shape)}: cond_mask marks "
+            "the rows of [B, L, C] prefix states and has no meaning for a pooled cond [B, C] (pass None)"
+        )
+    if tuple(cond_mask.shape) != tuple(cond.shape[:2]):
+        raise ValueError(
+            f"cond_mask has shape {list(cond_mask.shape)}, expected [B, L] = {list(cond.shape[:2])} "
+            f"(cond has shape {list(cond.shape)})"
+        )
+    if cond_mask.dtype != torch.bool:
+        raise TypeError(f"cond_mask must be a bool tensor (True = real), got dtype {cond_mask.dtype}")
+    empty = ~cond_mask.any(dim=-1)
+    if bool(empty.any()):
+        rows = empty.nonzero().flatten().tolist()
+        raise ValueError(
+            f"cond_mask row(s) {rows} of shape {list(cond_mask.shape)} are all False: every row of the batch "
+            "needs at least one real condition position"
+        )
+    return cond_mask.to(cond.device)
+
+
 _NAME_BYTES = 32
 
 
@@ -119,18 +155,24 @@ class Decoder(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---- the contract ----------------------------------------------------------------------------
-    def loss(self, cond: Tensor, target: Tensor, mask: Tensor | None = None) -> DecoderLoss:
-        """cond [B, C]; target [B, T, D]; mask [B, T, D] bool (True = real) -> DecoderLoss."""
-        x_1, mask = self._prepare(cond, target, mask)
-        return self._checked(self._loss(cond, x_1, mask))
+    def loss(
+        self, cond: Tensor, target: Tensor, mask: Tensor | None = None, cond_mask: Tensor | None = None
+    ) -> DecoderLoss:
+        """cond [B, C] or [B, L, C]; target [B, T, D]; mask [B, T, D] bool (True = real);
+        cond_mask [B, L] bool (True = real row of cond) -> DecoderLoss."""
+        x_1, mask, cond_mask = self._prepare(cond, target, mask, cond_mask)
+        return self._checked(self._loss(cond, x_1, mask, cond_mask=cond_mask))
 
-    def _prepare(self, cond: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Validate a training batch -> (x_1 [B, T, D] normalised, 0 where padded; mask [B, T, D] bool)."""
-        self._check_cond(cond)
+    def _prepare(
+        self, cond: Tensor, target: Tensor, mask: Tensor | None, cond_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Validate a training batch -> (x_1 [B, T, D] normalised, 0 where padded; mask [B, T, D] bool;
+        cond_mask [B, L] bool or None)."""
+        cond_mask = self._check_cond(cond, cond_mask)
         check_shape("target", target, (cond.shape[0], *self.config.target_shape), " (batch of cond, *target_shape)")
         check_finite("target", target)
         mask = self._check_mask(mask, target)
-        return self.normalizer.normalize(target).masked_fill(~mask, 0.0), mask
+        return self.normalizer.normalize(target).masked_fill(~mask, 0.0), mask, cond_mask
 
     def _checked(self, out: DecoderLoss) -> DecoderLoss:
         if not torch.isfinite(out.loss):
@@ -145,15 +187,17 @@ class Decoder(nn.Module):
         steps: int | None = None,
         generator: torch.Generator | None = None,
         temperature: float | None = None,
+        cond_mask: Tensor | None = None,
     ) -> Tensor:
-        """cond [B, C] -> [B, K, T, D] samples in the target's units; K samples share one batched pass.
-        temperature: None = the config's own; see the module docstring for decoders without one."""
-        self._check_cond(cond)
+        """cond [B, C] or [B, L, C] -> [B, K, T, D] samples in the target's units; K samples share one batched
+        pass. temperature: None = the config's own; see the module docstring for decoders without one.
+        cond_mask [B, L] bool: True at real rows of a 3-D cond (None = all real)."""
+        cond_mask = self._check_cond(cond, cond_mask)
         check_positive("num_samples", num_samples)
         if steps is not None:
             check_positive("steps", steps)
         temp = self.resolve_temperature(temperature)
-        x = self._sample(cond, num_samples, steps, generator, temp)  # [B, K, T, D], normalised
+        x = self._sample(cond, num_samples, steps, generator, temp, cond_mask=cond_mask)  # [B, K, T, D], normalised
         return self.normalizer.unnormalize(x)
 
     @property
@@ -184,15 +228,24 @@ class Decoder(nn.Module):
         raise NotImplementedError
 
     # ---- subclass hooks ----------------------------------------------------------------------------
-    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
-        """cond [B, C]; x_1 [B, T, D] normalised target (0 where padded); mask [B, T, D] bool."""
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None) -> DecoderLoss:
+        """cond [B, C] or [B, L, C]; x_1 [B, T, D] normalised target (0 where padded); mask [B, T, D] bool;
+        cond_mask [B, L] bool or None, already validated: hand it to every net call that sees cond (repeated
+        like cond wherever cond is repeated)."""
         raise NotImplementedError
 
     def _sample(
-        self, cond: Tensor, k: int, steps: int | None, generator: torch.Generator | None, temperature: float | None
+        self,
+        cond: Tensor,
+        k: int,
+        steps: int | None,
+        generator: torch.Generator | None,
+        temperature: float | None,
+        cond_mask: Tensor | None = None,
     ) -> Tensor:
-        """cond [B, C] -> [B, K, T, D] in normalised space. temperature is resolved (resolve_temperature): a
-        float >= 0 for decoders with one, None for those without."""
+        """cond [B, C] or [B, L, C] -> [B, K, T, D] in normalised space. temperature is resolved
+        (resolve_temperature): a float >= 0 for decoders with one, None for those without. cond_mask as in
+        _loss."""
         raise NotImplementedError
 
     def init_from_lm_head(self, lm_head_rows) -> None:
@@ -213,7 +266,8 @@ class Decoder(nn.Module):
         return stats
 
     # ---- checks ------------------------------------------------------------------------------------------
-    def _check_cond(self, cond: Tensor) -> None:
+    def _check_cond(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor | None:
+        """Validate cond and its cond_mask -> cond_mask on cond's device (None stays None)."""
         if not isinstance(cond, Tensor):
             raise TypeError(f"cond must be a torch.Tensor, got {type(cond).__name__}")
         if cond.dim() not in (2, 3) or cond.shape[-1] != self.config.cond_dim or cond.shape[0] == 0:
@@ -222,6 +276,7 @@ class Decoder(nn.Module):
                 f"(or [B, L, {self.config.cond_dim}] prefix states) with B >= 1"
             )
         check_finite("cond", cond)
+        return check_cond_mask(cond_mask, cond)
 
     @staticmethod
     def _check_mask(mask: Tensor | None, target: Tensor) -> Tensor:

@@ -69,25 +69,25 @@ class DiscreteFlowDecoder(Decoder):
         self.embed = nn.Embedding(config.num_bins + 1, config.embed_dim)  # + [MASK]
         self.net = self._net(in_dim=config.dim * config.embed_dim, out_dim=config.dim * config.num_bins, use_time=True)
 
-    def logits(self, cond: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """cond [N, C], x_t [N, T, D] ids, t [N] -> [N, T, D, V]."""
+    def logits(self, cond: Tensor, x_t: Tensor, t: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        """cond [N, C] or [N, L, C], x_t [N, T, D] ids, t [N], cond_mask [N, L] or None -> [N, T, D, V]."""
         n, horizon, dim = x_t.shape
         h = self.embed(x_t).view(n, horizon, dim * self.config.embed_dim)
-        return self.net(cond, h, t).view(n, horizon, dim, self.config.num_bins)
+        return self.net(cond, h, t, cond_mask=cond_mask).view(n, horizon, dim, self.config.num_bins)
 
-    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None) -> DecoderLoss:
         ids = self.bins.encode(x_1)
         t = torch.rand(ids.shape[0], device=ids.device) * self.config.t_max
-        logits = self.logits(cond, self.path.sample_xt(ids, t), t.to(x_1.dtype))
+        logits = self.logits(cond, self.path.sample_xt(ids, t), t.to(x_1.dtype), cond_mask)
         ce = F.cross_entropy(logits.flatten(0, 2), ids.flatten(), reduction="none").view_as(x_1)
         loss = masked_mean(ce, mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: None) -> Tensor:
-        cond_k = repeat_samples(cond, k)
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: None, cond_mask=None) -> Tensor:
+        cond_k, cond_mask_k = repeat_samples(cond, k), repeat_samples(cond_mask, k)
         shape = (cond_k.shape[0], *self.config.target_shape)
         x_0 = self.path.source(shape, cond_k.device, generator)
-        posterior = lambda x, t: self.logits(cond_k, x, t.to(cond_k.dtype)).softmax(-1)  # noqa: E731
+        posterior = lambda x, t: self.logits(cond_k, x, t.to(cond_k.dtype), cond_mask_k).softmax(-1)  # noqa: E731
         ids = ctmc_euler(
             posterior, x_0, self.path, steps or self.config.steps, self.config.validation_steps,
             self.config.t_max, generator,

@@ -76,23 +76,25 @@ class DriftDecoder(Decoder):
         super().__init__(config)
         self.net = self._net(in_dim=config.dim, out_dim=config.dim, use_time=True)
 
-    def generate(self, cond: Tensor, x_0: Tensor) -> Tensor:
-        """cond [N, C], x_0 [N, T, D] noise -> [N, T, D] one-step sample."""
+    def generate(self, cond: Tensor, x_0: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        """cond [N, C] or [N, L, C], x_0 [N, T, D] noise, cond_mask [N, L] or None -> [N, T, D] one-step sample."""
         t = torch.zeros(x_0.shape[0], device=x_0.device, dtype=x_0.dtype)
-        return x_0 + self.net(cond, x_0, t)
+        return x_0 + self.net(cond, x_0, t, cond_mask=cond_mask)
 
-    def _draw(self, cond: Tensor, k: int, generator=None, temperature: float = 1.0) -> Tensor:
-        """cond [B, C] -> [B, K, T, D] one-step samples from noise scaled by temperature."""
+    def _draw(self, cond: Tensor, k: int, generator=None, temperature: float = 1.0, cond_mask=None) -> Tensor:
+        """cond [B, C] (cond_mask [B, L] with a 3-D cond) -> [B, K, T, D] one-step samples from noise scaled by
+        temperature."""
         cond_k = repeat_samples(cond, k)
         x_0 = temperature * randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
-        return self.generate(cond_k, x_0).view(cond.shape[0], k, *self.config.target_shape)
+        x = self.generate(cond_k, x_0, repeat_samples(cond_mask, k))
+        return x.view(cond.shape[0], k, *self.config.target_shape)
 
-    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
-        loss = self.config.drift_loss(self._draw(cond, self.config.train_samples), x_1, mask)
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None) -> DecoderLoss:
+        loss = self.config.drift_loss(self._draw(cond, self.config.train_samples, cond_mask=cond_mask), x_1, mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
-        return self._draw(cond, k, generator, temperature)
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None) -> Tensor:
+        return self._draw(cond, k, generator, temperature, cond_mask)
 
     def nfe(self, steps: int | None = None) -> int:
         return 1

@@ -62,15 +62,16 @@ class FlowDecoder(Decoder):
         super().__init__(config)
         self.net = self._net(in_dim=config.dim, out_dim=config.dim, use_time=True)
 
-    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
-        loss = self.config.flow_loss(lambda x, t: self.net(cond, x, t), randn(x_1.shape, x_1), x_1, mask)
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None) -> DecoderLoss:
+        model = lambda x, t: self.net(cond, x, t, cond_mask=cond_mask)  # noqa: E731
+        loss = self.config.flow_loss(model, randn(x_1.shape, x_1), x_1, mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
-        cond_k = repeat_samples(cond, k)
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None) -> Tensor:
+        cond_k, cond_mask_k = repeat_samples(cond, k), repeat_samples(cond_mask, k)
         # Noise is drawn even at temperature 0 so the generator's stream does not depend on the temperature.
         x_0 = temperature * randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
-        x_1 = self.config.integrate(lambda x, t: self.net(cond_k, x, t), x_0, steps)
+        x_1 = self.config.integrate(lambda x, t: self.net(cond_k, x, t, cond_mask=cond_mask_k), x_0, steps)
         return x_1.view(cond.shape[0], k, *self.config.target_shape)
 
     def nfe(self, steps: int | None = None) -> int:

@@ -7,8 +7,10 @@ values, time-major) reads state p of the last T * D states of cond, plus a learn
 (zero at initialisation, so an untrained decoder is exactly the LM head). All values are decoded in
 parallel in one pass, not autoregressively (OpenVLA decodes them one token at a time).
 
-cond: [B, L, H] states whose last T * D rows are the query tokens (VLMFeatures.query or .context), or
-[B, H] (one state shared by every position). `VLMPolicy` copies the LM head rows in (init_from_lm_head);
+cond: [B, L, H] states whose last T * D rows are the query tokens (a VLM policy's query or context cond), or
+[B, H] (one state shared by every position). Only those last T * D rows are read, and they are always real, so
+cond_mask (the prefix's padding) changes nothing here; it is accepted like every decoder's, and refused if it
+marks one of the rows read as padding. `VLMPolicy` copies the LM head rows in (init_from_lm_head);
 the copy then trains with the decoder (the backbone's own head is left as it is).
 """
 
@@ -47,14 +49,18 @@ class LMTokensDecoder(BinDecoder):
         """Bin indices -> LM vocabulary ids (V - N + i)."""
         return bin_ids + (vocab_size - self.config.num_bins)
 
-    def logits(self, cond: Tensor) -> Tensor:
-        """cond [B, L, H] or [B, H] -> [B, T, D, num_bins]."""
+    def logits(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        """cond [B, L, H] or [B, H] (cond_mask [B, L] or None; only the last T * D rows are read) ->
+        [B, T, D, num_bins]."""
         t, d = self.config.target_shape
         p = t * d
         if cond.dim() == 2:
             states = cond[:, None].expand(-1, p, -1)
         elif cond.shape[1] >= p:
             states = cond[:, -p:]
+            if cond_mask is not None and not bool(cond_mask[:, -p:].all()):
+                raise ValueError(f"lm_tokens reads the last T * D = {p} rows of cond {list(cond.shape)} (the query "
+                                 f"states), but cond_mask {list(cond_mask.shape)} marks some of them as padding")
         else:
             raise ValueError(f"lm_tokens reads one query state per value: cond has {cond.shape[1]} states, "
                              f"need at least T * D = {p} (use num_query_tokens >= {p})")

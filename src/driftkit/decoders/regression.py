@@ -32,17 +32,17 @@ class RegressionDecoder(Decoder):
         super().__init__(config)
         self.net = self._net(in_dim=0, out_dim=config.dim, use_time=False)
 
-    def predict(self, cond: Tensor) -> Tensor:
-        """cond [B, C] -> [B, T, D] normalised prediction."""
-        return self.net(cond)
+    def predict(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        """cond [B, C] or [B, L, C] (cond_mask [B, L] or None) -> [B, T, D] normalised prediction."""
+        return self.net(cond, cond_mask=cond_mask)
 
-    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
-        err = self.predict(cond) - x_1
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None) -> DecoderLoss:
+        err = self.predict(cond, cond_mask) - x_1
         loss = masked_mean(err.abs() if self.config.loss_type == "l1" else err.square(), mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: None) -> Tensor:
-        return self.predict(cond).unsqueeze(1).expand(-1, k, -1, -1).clone()
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: None, cond_mask=None) -> Tensor:
+        return self.predict(cond, cond_mask).unsqueeze(1).expand(-1, k, -1, -1).clone()
 
     def nfe(self, steps: int | None = None) -> int:
         return 1

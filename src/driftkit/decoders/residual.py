@@ -100,10 +100,11 @@ class ResidualDecoder(Decoder):
         if self.base is not None:
             self.base.init_from_lm_head(lm_head_rows)
 
-    def base_prediction(self, cond: Tensor) -> Tensor:
-        """cond [B, C] -> [B, T, D] the base's (detached) prediction in normalised units, sampled at the base's
-        own temperature: a per-call temperature is the refiner's, not the base's."""
-        return self._own_base().sample(cond, 1)[:, 0]
+    def base_prediction(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        """cond [B, C] or [B, L, C] (cond_mask [B, L] or None) -> [B, T, D] the base's (detached) prediction in
+        normalised units, sampled at the base's own temperature: a per-call temperature is the refiner's, not
+        the base's."""
+        return self._own_base().sample(cond, 1, cond_mask=cond_mask)[:, 0]
 
     def _own_base(self) -> Decoder:
         if self.base is None:
@@ -119,11 +120,15 @@ class ResidualDecoder(Decoder):
         check_finite("base", base)
         return self.normalizer.normalize(base.detach())
 
-    def loss_with_base(self, cond: Tensor, target: Tensor, base: Tensor, mask: Tensor | None = None) -> DecoderLoss:
-        """The refiner's loss around base [B, T, D] (target units, no gradient flows into it)."""
-        x_1, mask = self._prepare(cond, target, mask)
+    def loss_with_base(
+        self, cond: Tensor, target: Tensor, base: Tensor, mask: Tensor | None = None, cond_mask: Tensor | None = None
+    ) -> DecoderLoss:
+        """The refiner's loss around base [B, T, D] (target units, no gradient flows into it); cond_mask [B, L]
+        marks the real rows of a 3-D cond, as in loss()."""
+        x_1, mask, cond_mask = self._prepare(cond, target, mask, cond_mask)
         b = self._check_base(cond, base)
-        return self._checked(self._refine_step(cond, b, x_1, mask, x_1.new_zeros(()), {}, refine=True))
+        out = self._refine_step(cond, b, x_1, mask, x_1.new_zeros(()), {}, refine=True, cond_mask=cond_mask)
+        return self._checked(out)
 
     @torch.no_grad()
     def sample_with_base(
@@ -134,14 +139,16 @@ class ResidualDecoder(Decoder):
         steps: int | None = None,
         generator: torch.Generator | None = None,
         temperature: float | None = None,
+        cond_mask: Tensor | None = None,
     ) -> Tensor:
-        """Refine base [B, T, D] (target units) into [B, K, T, D] samples; temperature None = the config's."""
-        self._check_cond(cond)
+        """Refine base [B, T, D] (target units) into [B, K, T, D] samples; temperature None = the config's;
+        cond_mask [B, L] marks the real rows of a 3-D cond, as in sample()."""
+        cond_mask = self._check_cond(cond, cond_mask)
         check_positive("num_samples", num_samples)
         if steps is not None:
             check_positive("steps", steps)
         temp = self.resolve_temperature(temperature)
-        x = self._sample_around(cond, self._check_base(cond, base), num_samples, steps, generator, temp)
+        x = self._sample_around(cond, self._check_base(cond, base), num_samples, steps, generator, temp, cond_mask)
         return self.normalizer.unnormalize(x)
 
     def base_nfe(self) -> int:
@@ -173,23 +180,26 @@ class ResidualDecoder(Decoder):
             return "joint"
         return "base" if int(self.step) < self.config.base_steps else "refiner"
 
-    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None) -> DecoderLoss:
         stage, metrics = self.stage(), {}
         loss = x_1.new_zeros(())
         if stage in ("joint", "base"):
-            base_out = self._own_base().loss(cond, x_1, mask)
+            base_out = self._own_base().loss(cond, x_1, mask, cond_mask=cond_mask)
             loss = loss + base_out.loss
             metrics["base_loss"] = base_out.loss.item()
-        b = self.base_prediction(cond)
-        return self._refine_step(cond, b, x_1, mask, loss, metrics, refine=stage in ("joint", "refiner"))
+        b = self.base_prediction(cond, cond_mask)
+        refine = stage in ("joint", "refiner")
+        return self._refine_step(cond, b, x_1, mask, loss, metrics, refine=refine, cond_mask=cond_mask)
 
-    def _refine_step(self, cond, b, x_1, mask, loss: Tensor, metrics: dict, refine: bool) -> DecoderLoss:
+    def _refine_step(
+        self, cond, b, x_1, mask, loss: Tensor, metrics: dict, refine: bool, cond_mask: Tensor | None = None
+    ) -> DecoderLoss:
         """Add the refiner's loss around base b (normalised, detached) to loss; track sigma and the step."""
         self._update_sigma(b, x_1, mask)
         metrics["base_mae"] = masked_mean((b - x_1).abs(), mask).item()
         metrics["sigma"] = self.sigma.mean().item()
         if refine:
-            refine_loss = self._refine_loss(cond, b, x_1, mask)
+            refine_loss = self._refine_loss(cond, b, x_1, mask, cond_mask)
             loss = loss + refine_loss
             metrics["refine_loss"] = refine_loss.item()
         if self.training:
@@ -197,24 +207,33 @@ class ResidualDecoder(Decoder):
         metrics["loss"] = loss.item()
         return DecoderLoss(loss, metrics)
 
-    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
-        return self._sample_around(cond, self.base_prediction(cond), k, steps, generator, temperature)
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None) -> Tensor:
+        b = self.base_prediction(cond, cond_mask)
+        return self._sample_around(cond, b, k, steps, generator, temperature, cond_mask)
 
-    def _sample_around(self, cond: Tensor, b: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
+    def _sample_around(
+        self, cond: Tensor, b: Tensor, k: int, steps, generator, temperature: float, cond_mask: Tensor | None = None
+    ) -> Tensor:
         """b [B, T, D] normalised base -> [B, K, T, D] normalised refined samples."""
-        x = self._refine_sample(repeat_samples(cond, k), repeat_samples(b, k), steps, generator, temperature)
+        cond_k, b_k, cond_mask_k = repeat_samples(cond, k), repeat_samples(b, k), repeat_samples(cond_mask, k)
+        x = self._refine_sample(cond_k, b_k, steps, generator, temperature, cond_mask_k)
         return x.view(cond.shape[0], k, *self.config.target_shape)
 
-    def _refine_loss(self, cond: Tensor, b: Tensor, x_1: Tensor, mask: Tensor) -> Tensor:
+    def _refine_loss(
+        self, cond: Tensor, b: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None
+    ) -> Tensor:
         raise NotImplementedError
 
-    def _refine_sample(self, cond: Tensor, b: Tensor, steps, generator, temperature: float) -> Tensor:
-        """cond [N, C], b [N, T, D] normalised base -> [N, T, D] one refined sample per row."""
+    def _refine_sample(
+        self, cond: Tensor, b: Tensor, steps, generator, temperature: float, cond_mask: Tensor | None = None
+    ) -> Tensor:
+        """cond [N, C] or [N, L, C], b [N, T, D] normalised base, cond_mask [N, L] or None -> [N, T, D] one
+        refined sample per row."""
         raise NotImplementedError
 
-    def _refiner_fn(self, cond: Tensor, b: Tensor):
+    def _refiner_fn(self, cond: Tensor, b: Tensor, cond_mask: Tensor | None = None):
         """The refiner as a function of coordinates: (c [N, T, D], t [N]) -> [N, T, D]."""
-        return lambda c, t: self.refiner(cond, torch.cat([c, b], dim=-1), t)
+        return lambda c, t: self.refiner(cond, torch.cat([c, b], dim=-1), t, cond_mask=cond_mask)
 
 
 @dataclass
@@ -231,13 +250,13 @@ class ResidualFlowDecoder(ResidualDecoder):
     summary = "DRIFT: base predictor + flow-matching refiner of the residual; NFE = base + steps"
     config_class = ResidualFlowConfig
 
-    def _refine_loss(self, cond, b, x_1, mask):
+    def _refine_loss(self, cond, b, x_1, mask, cond_mask=None):
         c_0, c_1 = self.to_coords(self.source(b), b), self.to_coords(x_1, b)
-        return self.config.flow_loss(self._refiner_fn(cond, b), c_0, c_1, mask)
+        return self.config.flow_loss(self._refiner_fn(cond, b, cond_mask), c_0, c_1, mask)
 
-    def _refine_sample(self, cond, b, steps, generator, temperature: float):
+    def _refine_sample(self, cond, b, steps, generator, temperature: float, cond_mask=None):
         c_0 = self.to_coords(self.source(b, generator, temperature), b)
-        return self.from_coords(self.config.integrate(self._refiner_fn(cond, b), c_0, steps), b)
+        return self.from_coords(self.config.integrate(self._refiner_fn(cond, b, cond_mask), c_0, steps), b)
 
     def nfe(self, steps: int | None = None) -> int:
         """Base evaluations (none for an external base) plus the refiner's steps."""
@@ -258,20 +277,20 @@ class ResidualDriftDecoder(ResidualDecoder):
     summary = "new: base predictor + one-step drifting refiner of the residual; NFE = base + 1"
     config_class = ResidualDriftConfig
 
-    def _generate(self, cond, b, generator=None, temperature: float = 1.0):
+    def _generate(self, cond, b, generator=None, temperature: float = 1.0, cond_mask=None):
         """One step from the source in coordinates: c = c_0 + v(c_0, t=0)."""
         c_0 = self.to_coords(self.source(b, generator, temperature), b)
         t = torch.zeros(c_0.shape[0], device=c_0.device, dtype=c_0.dtype)
-        return c_0 + self._refiner_fn(cond, b)(c_0, t)
+        return c_0 + self._refiner_fn(cond, b, cond_mask)(c_0, t)
 
-    def _refine_loss(self, cond, b, x_1, mask):
+    def _refine_loss(self, cond, b, x_1, mask, cond_mask=None):
         g = self.config.train_samples
-        c = self._generate(repeat_samples(cond, g), repeat_samples(b, g))  # [B * G, T, D]
-        c = c.view(x_1.shape[0], g, *x_1.shape[1:])
+        c = self._generate(repeat_samples(cond, g), repeat_samples(b, g), cond_mask=repeat_samples(cond_mask, g))
+        c = c.view(x_1.shape[0], g, *x_1.shape[1:])  # [B, G, T, D]
         return self.config.drift_loss(c, self.to_coords(x_1, b), mask)
 
-    def _refine_sample(self, cond, b, steps, generator, temperature: float):
-        return self.from_coords(self._generate(cond, b, generator, temperature), b)
+    def _refine_sample(self, cond, b, steps, generator, temperature: float, cond_mask=None):
+        return self.from_coords(self._generate(cond, b, generator, temperature, cond_mask), b)
 
     def nfe(self, steps: int | None = None) -> int:
         return self.base_nfe() + 1

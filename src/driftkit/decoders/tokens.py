@@ -34,7 +34,8 @@ class TokensConfig(DecoderConfig):
 
 
 class BinDecoder(Decoder):
-    """Per-position classification over uniform bins; subclasses define `logits(cond) -> [B, T, D, num_bins]`."""
+    """Per-position classification over uniform bins; subclasses define
+    `logits(cond, cond_mask=None) -> [B, T, D, num_bins]`."""
 
     config_class = TokensConfig
     default_normalization = "quantile"
@@ -43,18 +44,18 @@ class BinDecoder(Decoder):
         super().__init__(config)
         self.bins = UniformBins(config.num_bins)
 
-    def logits(self, cond: Tensor) -> Tensor:
+    def logits(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor) -> DecoderLoss:
-        logits, ids = self.logits(cond), self.bins.encode(x_1)
+    def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None) -> DecoderLoss:
+        logits, ids = self.logits(cond, cond_mask), self.bins.encode(x_1)
         ce = F.cross_entropy(logits.flatten(0, 2), ids.flatten(), reduction="none").view_as(x_1)
         loss = masked_mean(ce, mask)
         acc = masked_mean((logits.argmax(-1) == ids).float(), mask)
         return DecoderLoss(loss, {"loss": loss.item(), "token_acc": acc.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float) -> Tensor:
-        logits = self.logits(cond)  # [B, T, D, V]
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None) -> Tensor:
+        logits = self.logits(cond, cond_mask)  # [B, T, D, V], computed once for the K samples
         if temperature == 0:
             ids = logits.argmax(-1).unsqueeze(1).expand(-1, k, -1, -1)
         else:
@@ -76,7 +77,7 @@ class TokensDecoder(BinDecoder):
         super().__init__(config)
         self.net = self._net(in_dim=0, out_dim=config.dim * config.num_bins, use_time=False)
 
-    def logits(self, cond: Tensor) -> Tensor:
-        """cond [B, C] -> [B, T, D, num_bins]."""
+    def logits(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
+        """cond [B, C] or [B, L, C] (cond_mask [B, L] or None) -> [B, T, D, num_bins]."""
         t, d = self.config.target_shape
-        return self.net(cond).view(cond.shape[0], t, d, self.config.num_bins)
+        return self.net(cond, cond_mask=cond_mask).view(cond.shape[0], t, d, self.config.num_bins)

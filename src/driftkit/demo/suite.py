@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
-from driftkit.demo.runner import TrainSettings, evaluate, train_decoder
+from driftkit.demo.runner import TrainSettings, evaluate, train_policy
 from driftkit.demo.tasks import make_task
 
 
@@ -24,8 +25,8 @@ class Entry:
     """Sampling steps override (e.g. flow truncated to 1 step)."""
     reuse: str | None = None
     """Label of an entry whose trained model this row evaluates differently (no retraining)."""
-    sample_options: dict = field(default_factory=dict)
-    """Config fields replaced while this row is evaluated (e.g. temperature=0)."""
+    temperature: float | None = None
+    """Sampling temperature of this row's evaluation (None = the decoder's own), e.g. 0 for a T=0 row."""
     batch_size: int | None = None
 
 
@@ -35,10 +36,10 @@ ENTRIES = [
     Entry("flow", "flow"),
     Entry("flow (1 step)", "flow", steps=1, reuse="flow"),
     Entry("residual_flow", "residual_flow"),
-    Entry("residual_flow (T=0)", "residual_flow", reuse="residual_flow", sample_options={"temperature": 0.0}),
+    Entry("residual_flow (T=0)", "residual_flow", reuse="residual_flow", temperature=0.0),
     Entry("drift", "drift", batch_size=128),
     Entry("residual_drift", "residual_drift", batch_size=128),
-    Entry("residual_drift (T=0)", "residual_drift", reuse="residual_drift", sample_options={"temperature": 0.0}),
+    Entry("residual_drift (T=0)", "residual_drift", reuse="residual_drift", temperature=0.0),
     Entry("discrete_flow", "discrete_flow"),
 ]
 
@@ -58,11 +59,22 @@ class SuiteRun:
     """One result per (task, entry)."""
     models: dict
     """(task, entry label) -> trained decoder."""
+    checkpoints: dict = field(default_factory=dict)
+    """(task, entry label) -> the trainer checkpoint that decoder was saved in."""
+
+
+def run_dir(out_dir: str | Path, task: str, label: str) -> Path:
+    """<out_dir>/runs/<task>/<label with anything but letters, digits, '.', '_' and '-' as '_'>."""
+    return Path(out_dir) / "runs" / task / (re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "_")
 
 
 def run_suite(settings: SuiteSettings, entries: list[Entry] = ENTRIES, progress: bool = True) -> SuiteRun:
-    """Train and score every entry on every task."""
-    rows, models = [], {}
+    """Train (through driftkit.train.train, one run directory per task and trained entry) and score every
+    entry on every task. A run directory left by an earlier suite run is replaced, as its results are."""
+    trained = list(dict.fromkeys(e.reuse or e.label for e in entries))
+    if len({run_dir("", "", label).name for label in trained}) != len(trained):
+        raise ValueError(f"the trained entries {trained} do not map to distinct run directories")
+    rows, models, checkpoints = [], {}, {}
     for task_name in settings.tasks:
         task = make_task(task_name)
         for entry in entries:
@@ -71,16 +83,17 @@ def run_suite(settings: SuiteSettings, entries: list[Entry] = ENTRIES, progress:
             if key not in models:
                 batch_size = entry.batch_size or settings.train.batch_size
                 train = dataclasses.replace(settings.train, batch_size=batch_size)
-                models[key] = train_decoder(entry.decoder, task, train, progress=progress, **entry.options)
+                path = run_dir(settings.out_dir, task_name, key[1])
+                shutil.rmtree(path, ignore_errors=True)
+                result = train_policy(entry.decoder, task, train, path, progress=progress, **entry.options)
+                models[key], checkpoints[key] = result.policy.decoder.eval(), result.checkpoint
             seconds = time.perf_counter() - start
-            model, config = models[key], models[key].config
-            model.config = dataclasses.replace(config, **entry.sample_options)
-            scores = evaluate(model, task, n=settings.eval_samples, k=settings.k, steps=entry.steps)
-            model.config = config
+            scores = evaluate(models[key], task, n=settings.eval_samples, k=settings.k, steps=entry.steps,
+                              temperature=entry.temperature)
             rows.append({"task": task_name, "decoder": entry.label, "train_s": seconds, **asdict(scores)})
             if progress:
                 print(format_row(rows[-1]), flush=True)
-    return SuiteRun(rows, models)
+    return SuiteRun(rows, models, checkpoints)
 
 
 HEADER = ("| task | decoder | err (1 sample) | err (KeyStone K) | err (best of K) | on-mode % | mode shares % "

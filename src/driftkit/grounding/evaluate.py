@@ -50,8 +50,8 @@ def predict(policy, items: list[dict], variant: EvalVariant, generator=None) -> 
     obs = observations(items)
     if not variant.base_only:
         return policy.sample(obs, num_samples=1, generator=generator, temperature=variant.temperature)[:, 0, 0]
-    dec = policy.decoder
-    return dec.normalizer.unnormalize(dec.base_prediction(policy.encode(obs)))[:, 0]
+    dec, c = policy.decoder, policy.encode(obs)
+    return dec.normalizer.unnormalize(dec.base_prediction(c.cond, cond_mask=c.mask))[:, 0]
 
 
 def postprocess(pred: Tensor) -> tuple[Tensor, int, int]:

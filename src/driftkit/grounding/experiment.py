@@ -200,7 +200,7 @@ def train_config(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike):
                          **cfg.decoder_options},
     )
     return TrainConfig(
-        model=model, data=DataConfig(source="toy"),  # the data are handed to train() directly
+        model=model, data=DataConfig(source="given"),  # run_experiment hands the adapted split to train()
         optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), grad_clip=cfg.grad_clip,
                           batch_size=cfg.batch_size),
         schedule=ScheduleConfig(steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1)),

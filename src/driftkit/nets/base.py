@@ -1,9 +1,13 @@
 """ChunkNet: the one network contract behind every decoder.
 
-    net(cond, x=None, t=None) -> [N, T, out_dim]
-        cond: [N, C] features (query-token states), or [N, L, C] prefix states for nets that attend to them
-        x:    [N, T, in_dim] the chunk being generated or refined (None when spec.in_dim == 0)
-        t:    [N] flow time in [0, 1] (None when spec.use_time is False)
+    net(cond, x=None, t=None, cond_mask=None) -> [N, T, out_dim]
+        cond:      [N, C] features (query-token states), or [N, L, C] prefix states for nets that attend to them
+        x:         [N, T, in_dim] the chunk being generated or refined (None when spec.in_dim == 0)
+        t:         [N] flow time in [0, 1] (None when spec.use_time is False)
+        cond_mask: [N, L] bool, True at real rows of a [N, L, C] cond (None = every row is real). The only
+                   record of padding: a net must not infer it from the values of cond (a real state may be
+                   zero, and padding need not be). Decoders validate it (shape, no all-False row) before it
+                   reaches the net, and pass it only with a 3-D cond.
 
 Decoders only ever build nets through `make_net(name, spec)`, so a new architecture (for example an
 action expert that cross-attends to a VLM prefix) registers a name and every decoder runs on it unchanged.
@@ -45,13 +49,15 @@ class NetSpec:
 
 
 class ChunkNet(nn.Module):
-    """Base class: subclasses implement forward(cond, x, t) -> [N, T, out_dim] for their NetSpec."""
+    """Base class: subclasses implement forward(cond, x, t, cond_mask) -> [N, T, out_dim] for their NetSpec."""
 
     def __init__(self, spec: NetSpec):
         super().__init__()
         self.spec = spec
 
-    def forward(self, cond: Tensor, x: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+    def forward(
+        self, cond: Tensor, x: Tensor | None = None, t: Tensor | None = None, cond_mask: Tensor | None = None
+    ) -> Tensor:
         raise NotImplementedError
 
 

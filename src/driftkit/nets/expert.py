@@ -3,8 +3,9 @@
 Each step is one token: a learned step embedding, plus the embedded chunk input x[:, t] when in_dim > 0,
 plus the embedded flow time when use_time. Blocks are pre-norm self-attention over the steps, cross-
 attention to the condition, and an MLP. The condition is [N, L, C] prefix states, or [N, C] treated as one
-prefix token. Rows of cond that are exactly zero are treated as padding and not attended (this is how
-VLMFeatures.context marks left padding), unless a whole row of the batch is zero.
+prefix token. Padding travels as cond_mask [N, L] (True = real; VLMFeatures.prefix_mask plus the query
+tokens): it is the cross-attention's key padding mask, so a padded row's values never reach the output. The
+values of cond say nothing about padding: a real row that happens to be zero is attended like any other.
 
 With in_dim = 0 and no time (regression, tokens) the step embeddings alone are the queries, so every
 decoder runs on this net unchanged.
@@ -55,22 +56,31 @@ class ExpertNet(ChunkNet):
         self.blocks = nn.ModuleList([ExpertBlock(width, heads) for _ in range(spec.depth)])
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, spec.out_dim))
 
-    def forward(self, cond: Tensor, x: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+    def forward(
+        self, cond: Tensor, x: Tensor | None = None, t: Tensor | None = None, cond_mask: Tensor | None = None
+    ) -> Tensor:
+        """cond_mask [N, L] bool, True = real row of a [N, L, C] cond (None = all real). Rows with no real
+        position are the caller's to refuse (the decoders do); here they would attend to nothing (NaN)."""
         spec = self.spec
+        if cond_mask is not None and cond.dim() != 3:
+            raise ValueError(f"net 'expert' got cond_mask with cond of shape {list(cond.shape)}: cond_mask "
+                             "marks rows of [N, L, C] prefix states")
         if cond.dim() == 2:
             cond = cond[:, None]  # [N, 1, C]: a single prefix token
         if cond.dim() != 3 or cond.shape[-1] != spec.cond_dim:
             raise ValueError(f"net 'expert' takes cond [N, C] or [N, L, C] with C={spec.cond_dim}, "
                              f"got shape {list(cond.shape)}")
+        if cond_mask is not None and (cond_mask.shape != cond.shape[:2] or cond_mask.dtype != torch.bool):
+            raise ValueError(f"net 'expert' takes cond_mask [N, L] = {list(cond.shape[:2])} bool, got shape "
+                             f"{list(cond_mask.shape)} dtype {cond_mask.dtype} (cond has shape {list(cond.shape)})")
         n = cond.shape[0]
         h = self.steps[None].expand(n, -1, -1)  # [N, T, W]
         if self.x_in is not None:
             h = h + self.x_in(x)
         if self.t_in is not None:
             h = h + self.t_in(sinusoidal_embedding(t, self.time_dim))[:, None]
-        pad = cond.eq(0).all(dim=-1)  # [N, L]
-        pad = pad & ~pad.all(dim=-1, keepdim=True)  # a fully zero row attends to everything rather than NaN
+        pad = None if cond_mask is None else ~cond_mask  # [N, L] True = ignore
         context = self.cond_in(cond)
         for block in self.blocks:
-            h = block(h, context, pad if bool(pad.any()) else None)
+            h = block(h, context, pad)
         return self.out(h)  # [N, T, out_dim]

@@ -30,7 +30,9 @@ class ResidualBlock(nn.Module):
 
 @register_net("mlp")
 class MLPNet(ChunkNet):
-    """Needs cond [N, C] (pooled features); the time embedding is concatenated at the input."""
+    """Needs cond [N, C] (pooled features); the time embedding is concatenated at the input. It does not pool
+    over prefix states: a [N, L, C] cond is refused, so cond_mask (which only marks rows of a 3-D cond) is
+    accepted for the common signature and has nothing to act on."""
 
     time_dim = 64
 
@@ -42,7 +44,9 @@ class MLPNet(ChunkNet):
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(spec.depth)])
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, spec.horizon * spec.out_dim))
 
-    def forward(self, cond: Tensor, x: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+    def forward(
+        self, cond: Tensor, x: Tensor | None = None, t: Tensor | None = None, cond_mask: Tensor | None = None
+    ) -> Tensor:
         spec = self.spec
         if cond.dim() != 2:
             raise ValueError(f"net 'mlp' takes pooled features cond [N, C], got shape {list(cond.shape)}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -31,7 +32,17 @@ from driftkit.errors import check_finite, check_positive
 from driftkit.normalize import NormStats
 from driftkit.policy.config import PolicyConfig
 from driftkit.policy.keys import ACTION_KEY, ACTION_PAD_KEY
-from driftkit.timing import StageTimer
+from driftkit.timing import StageTimer, stage_of
+
+@dataclass
+class Condition:
+    """What a policy hands its decoder."""
+
+    cond: Tensor
+    """[B, C] features, or [B, L, C] states for nets that attend to them."""
+    mask: Tensor | None = None
+    """[B, L] bool, True at real rows of a [B, L, C] cond (None: every row is real)."""
+
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -68,21 +79,33 @@ class Policy(nn.Module):
         return next(self.parameters()).device
 
     # ---- the contract ------------------------------------------------------------------------------------
-    def forward(self, batch: dict) -> DecoderLoss:
-        """The training loss of a batch (observation keys + action, action_is_pad)."""
+    def encode(self, obs: dict, timer: StageTimer | None = None) -> Condition:
+        """obs -> what `self.decoder` is conditioned on (differentiable when grad is enabled)."""
         raise NotImplementedError
 
+    def forward(self, batch: dict) -> DecoderLoss:
+        """The training loss of a batch (observation keys + action, action_is_pad)."""
+        c = self.encode(batch)
+        target, mask = action_target(batch, self.config, c.cond.shape[0])
+        dev = c.cond.device
+        return self.decoder.loss(c.cond, target.to(dev), None if mask is None else mask.to(dev), cond_mask=c.mask)
+
+    @torch.no_grad()
     def sample(self, obs: dict, num_samples: int = 1, steps: int | None = None,
                generator: torch.Generator | None = None, timer: StageTimer | None = None,
                temperature: float | None = None) -> Tensor:
         """obs -> [B, K, T, D] chunks in action units. timer, when given, receives the stage times
         (e.g. preprocess / prefix / decoder); temperature overrides the decoder's sampling temperature for
         this call (None = its config's)."""
-        raise NotImplementedError
+        check_positive("num_samples", num_samples)
+        c = self.encode(obs, timer)
+        with stage_of(timer)("decoder"):
+            return self.decoder.sample(c.cond, num_samples, steps, generator, temperature=temperature,
+                                       cond_mask=c.mask)
 
     def nfe(self, steps: int | None = None) -> int:
         """Network evaluations of one chunk (K samples are batched into each)."""
-        raise NotImplementedError
+        return self.decoder.nfe(steps)
 
     def set_stats(self, stats: dict[str, NormStats]) -> None:
         """Dataset statistics by LeRobot key (at least `action`; `observation.state` where used)."""

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
-from driftkit.decoders.base import DecoderLoss
 from driftkit.decoders.registry import make_decoder
 from driftkit.errors import check_finite, check_positive
 from driftkit.normalize import NormStats
-from driftkit.policy.base import Policy, action_target, check_batch_shape, register_policy, require
+from driftkit.policy.base import Condition, Policy, check_batch_shape, register_policy, require
 from driftkit.policy.config import PolicyConfig
 from driftkit.policy.keys import ACTION_KEY, STATE_KEY
-from driftkit.timing import StageTimer, stage_of
+from driftkit.timing import StageTimer
 
 
 @dataclass
@@ -56,23 +52,9 @@ class ConditionPolicy(Policy):
     def set_stats(self, stats: dict[str, NormStats]) -> None:
         self.decoder.set_stats(stats[ACTION_KEY])
 
-    def encode(self, obs: dict) -> Tensor:
+    def encode(self, obs: dict, timer: StageTimer | None = None) -> Condition:
         cond = require(obs, STATE_KEY, " (the condition)")
         check_batch_shape(STATE_KEY, cond, (self.config.state_dim,), None)
-        check_finite(STATE_KEY, cond.float())
-        return cond.float()
-
-    def forward(self, batch: dict) -> DecoderLoss:
-        cond = self.encode(batch)
-        target, mask = action_target(batch, self.config, cond.shape[0])
-        return self.decoder.loss(cond, target, mask)
-
-    @torch.no_grad()
-    def sample(self, obs: dict, num_samples: int = 1, steps: int | None = None,
-               generator: torch.Generator | None = None, timer: StageTimer | None = None,
-               temperature: float | None = None) -> Tensor:
-        with stage_of(timer)("decoder"):
-            return self.decoder.sample(self.encode(obs), num_samples, steps, generator, temperature=temperature)
-
-    def nfe(self, steps: int | None = None) -> int:
-        return self.decoder.nfe(steps)
+        cond = cond.float()
+        check_finite(STATE_KEY, cond)
+        return Condition(cond)

@@ -110,8 +110,8 @@ class FASTPolicy(VLMPolicy):
             base = self.head.decode(tf.predicted)
         else:
             base = self.head.generate(images, prompts)
-        refine = self.decoder.loss_with_base(self.condition(tf.features, state), target, base.actions.to(target),
-                                             mask)
+        c = self.condition(tf.features, state)
+        refine = self.decoder.loss_with_base(c.cond, target, base.actions.to(target), mask, cond_mask=c.mask)
         loss = tf.loss + refine.loss
         metrics = {**tf.metrics, **{k: v for k, v in refine.metrics.items() if k != "loss"}}
         metrics.update(refiner_loss=refine.loss.item(), base_invalid=(~base.valid).float().mean().item(),
@@ -131,9 +131,9 @@ class FASTPolicy(VLMPolicy):
             prefix = self.backbone.encode_prefix(images, prompts)
         with stage("decoder"):
             gen = self.head.generate_from_prefix(prefix)
-            cond = self.condition(gen.features, state)
-            return self.decoder.sample_with_base(cond, gen.actions.to(cond), num_samples, steps, generator,
-                                                 temperature=temperature)
+            c = self.condition(gen.features, state)
+            return self.decoder.sample_with_base(c.cond, gen.actions.to(c.cond), num_samples, steps, generator,
+                                                 temperature=temperature, cond_mask=c.mask)
 
     def nfe(self, steps: int | None = None) -> int:
         """LM passes of the longest FAST generation (T * D + 1 at most) plus the refiner's evaluations."""

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from driftkit.decoders.base import DecoderLoss
 from driftkit.decoders.registry import make_decoder
 from driftkit.errors import check_finite, check_positive
 from driftkit.normalize import NormStats, Normalizer
-from driftkit.policy.base import Policy, action_target, check_batch_shape, register_policy, require
+from driftkit.policy.base import Condition, Policy, check_batch_shape, register_policy, require
 from driftkit.policy.config import PolicyConfig
 from driftkit.policy.keys import ACTION_KEY, STATE_KEY, TASK_INDEX_KEY
+from driftkit.timing import StageTimer, stage_of
 
 
 @dataclass
@@ -125,27 +125,12 @@ class StatePolicy(Policy):
         if self.config.normalize_state:
             self.state_normalizer.set_stats(stats[STATE_KEY])
 
-    def forward(self, batch: dict) -> DecoderLoss:
-        cond = self.encode(batch)
-        target, mask = action_target(batch, self.config, cond.shape[0])
-        return self.decoder.loss(cond, target, mask)
-
-    @torch.no_grad()
-    def sample(self, obs: dict, num_samples: int = 1, steps: int | None = None,
-               generator: torch.Generator | None = None, timer=None, temperature: float | None = None) -> Tensor:
-        from driftkit.timing import stage_of
-
-        stage = stage_of(timer)
-        with stage("preprocess"):
-            cond = self.encode(obs)
-        with stage("decoder"):
-            return self.decoder.sample(cond, num_samples, steps, generator, temperature=temperature)
-
-    def nfe(self, steps: int | None = None) -> int:
-        return self.decoder.nfe(steps)
-
-    def encode(self, obs: dict) -> Tensor:
+    def encode(self, obs: dict, timer: StageTimer | None = None) -> Condition:
         """obs -> cond [B, C]; checks every key against the config and names both shapes on a mismatch."""
+        with stage_of(timer)("preprocess"):
+            return Condition(self._encode(obs))
+
+    def _encode(self, obs: dict) -> Tensor:
         cfg = self.config
         state = require(obs, STATE_KEY)
         check_batch_shape(STATE_KEY, state, (cfg.state_dim,), None)

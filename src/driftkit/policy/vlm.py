@@ -28,11 +28,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from driftkit.decoders.base import DecoderLoss
 from driftkit.decoders.registry import make_decoder
 from driftkit.errors import check_choice, check_finite, check_positive
 from driftkit.normalize import NormStats, Normalizer
-from driftkit.policy.base import Policy, action_target, check_batch_shape, register_policy, require
+from driftkit.policy.base import Condition, Policy, check_batch_shape, register_policy, require
 from driftkit.policy.config import PolicyConfig
 from driftkit.policy.keys import ACTION_KEY, STATE_KEY, TASK_KEY
 from driftkit.timing import StageTimer, stage_of
@@ -188,14 +187,18 @@ class VLMPolicy(Policy):
             check_finite(STATE_KEY, state)
         return images, prompts, state
 
-    def condition(self, feats, state: Tensor | None) -> Tensor:
-        """The decoder's cond (float32) from backbone features, with the projected state added to the
-        query states."""
+    def condition(self, feats, state: Tensor | None) -> Condition:
+        """The decoder's cond (float32) from backbone features, with the projected state added to the query
+        states; for cond="context" the mask marks the prefix's left padding (the query rows are all real)."""
         if state is not None:
             shift = self.state_proj(self.state_normalizer.normalize(state)).to(feats.query.dtype)
             feats = dataclasses.replace(feats, query=feats.query + shift[:, None])
-        x = {"pooled": lambda: feats.pooled, "query": lambda: feats.query, "context": lambda: feats.context}
-        return x[self.config.cond]().float()
+        if self.config.cond == "pooled":
+            return Condition(feats.pooled.float())
+        if self.config.cond == "query":
+            return Condition(feats.query.float())
+        real = feats.query.new_ones(feats.query.shape[:2], dtype=torch.bool)
+        return Condition(torch.cat([feats.prefix, feats.query], 1).float(), torch.cat([feats.prefix_mask, real], 1))
 
     def features(self, images, prompts):
         """Backbone features with gradients where they can reach trainable weights.
@@ -210,36 +213,18 @@ class VLMPolicy(Policy):
         return self.backbone.encode_queries(prefix)
 
     # ---- the contract ---------------------------------------------------------------------------------------
-    def forward(self, batch: dict) -> DecoderLoss:
-        images, prompts, state = self.inputs(batch)
-        target, mask = action_target(batch, self.config, len(prompts))
-        dev = self.backbone.device
-        cond = self.condition(self.features(images, prompts), state)
-        return self.decoder.loss(cond, target.to(dev), None if mask is None else mask.to(dev))
-
-    @torch.no_grad()
-    def encode(self, obs: dict, timer: StageTimer | None = None) -> Tensor:
-        """obs -> the decoder's cond, with the image + prompt prefix encoded once into a KV cache and one
-        query pass over it."""
+    def encode(self, obs: dict, timer: StageTimer | None = None) -> Condition:
+        """obs -> the decoder's condition. Under no_grad (sampling) the image + prompt prefix is encoded once
+        into a KV cache and the query tokens run over it; in training, see features."""
         stage = stage_of(timer)
         with stage("preprocess"):
             images, prompts, state = self.inputs(obs)
         with stage("prefix"):
-            feats = self.backbone.encode_queries(self.backbone.encode_prefix(images, prompts))
+            if torch.is_grad_enabled():
+                feats = self.features(images, prompts)
+            else:
+                feats = self.backbone.encode_queries(self.backbone.encode_prefix(images, prompts))
         return self.condition(feats, state)
-
-    @torch.no_grad()
-    def sample(self, obs: dict, num_samples: int = 1, steps: int | None = None,
-               generator: torch.Generator | None = None, timer: StageTimer | None = None,
-               temperature: float | None = None) -> Tensor:
-        """-> [B, K, T, D]; the decoder batches the K samples over the one condition (see encode)."""
-        check_positive("num_samples", num_samples)
-        cond = self.encode(obs, timer)
-        with stage_of(timer)("decoder"):
-            return self.decoder.sample(cond, num_samples, steps, generator, temperature=temperature)
-
-    def nfe(self, steps: int | None = None) -> int:
-        return self.decoder.nfe(steps)
 
     # ---- persistence ----------------------------------------------------------------------------------------
     def save_assets(self, path: Path) -> None:

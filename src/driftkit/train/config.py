@@ -10,7 +10,7 @@ from driftkit.errors import check_choice, check_positive
 from driftkit.policy import CONFIGS, FASTPolicyConfig, PolicyConfig, StatePolicyConfig, VLMPolicyConfig
 from driftkit.train.overrides import apply_override, parse_assignment
 
-DATA_SOURCES = ("toy", "lerobot")
+DATA_SOURCES = ("toy", "lerobot", "given")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DECAYS = ("cosine", "constant")
 
@@ -20,7 +20,8 @@ class DataConfig:
     """Where training samples come from."""
 
     source: str = "toy"
-    """toy (a synthetic in-memory dataset) or lerobot (a local LeRobot v3 dataset at `root`)."""
+    """toy (a synthetic in-memory dataset), lerobot (a local LeRobot v3 dataset at `root`), or given (a dataset
+    the caller hands to train() directly, e.g. the grounding adapter or the demo's task draws)."""
     root: str = ""
     """Directory of the LeRobot dataset (source = lerobot)."""
     toy_size: int = 512

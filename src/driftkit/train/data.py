@@ -204,6 +204,8 @@ class ResumableBatchSampler:
 
 def build_dataset(data, model: PolicyConfig, seed: int) -> Dataset:
     """The dataset a DataConfig names; LeRobot support is imported only when asked for."""
+    if data.source == "given":
+        raise ValueError("got data.source='given' but no dataset: pass it to train(cfg, dataset=...)")
     if data.source == "toy":
         return SyntheticChunkDataset(data.toy_size, model, seed=seed, padding=data.toy_padding,
                                      image_size=data.toy_image_size)

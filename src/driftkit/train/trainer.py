@@ -145,8 +145,9 @@ def _start_step(resume_dir: Path | None, cfg: TrainConfig, dataset_size: int) ->
 
 def _run(cfg, accelerator, model, optimizer, scheduler, loader, start, last_ckpt, dataset_size) -> TrainResult:
     main = accelerator.is_main_process
+    model.train()  # backbones load in eval mode; training mode turns on their dropout and gradient checkpointing
     logger = MetricsLogger(cfg.output_dir, enabled=main, tensorboard=cfg.tensorboard, start_step=start)
-    bar = tqdm(total=cfg.schedule.steps, initial=start, disable=not (main and cfg.progress), desc="train")
+    bar = tqdm(total=cfg.schedule.steps, initial=start, disable=not (main and cfg.progress), desc=f"train {Path(cfg.output_dir).name}")
     window = (time.perf_counter(), start)
     last_loss, step = None, start
     try:
@@ -167,7 +168,7 @@ def _run(cfg, accelerator, model, optimizer, scheduler, loader, start, last_ckpt
     finally:
         bar.close()
         logger.close()
-    policy = accelerator.unwrap_model(model)
+    policy = accelerator.unwrap_model(model).eval()
     return TrainResult(policy, step, last_loss, last_ckpt, Path(cfg.output_dir), main)
 
 
