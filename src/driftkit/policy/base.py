@@ -58,8 +58,10 @@ def register_policy(cls: type["Policy"]) -> type["Policy"]:
 
 
 class Policy(nn.Module):
-    """Base class. Subclasses set `config_class` and implement forward, sample and nfe (and, when they need
-    files besides the weights to rebuild, save_assets / from_assets)."""
+    """Base class. Subclasses set `config_class`, build `self.decoder` and implement `encode` (observation ->
+    Condition) and `set_stats`; forward, sample and nfe then come from here (FAST, whose base prediction comes
+    from the LM, overrides them). Kinds that need files besides the weights to rebuild implement save_assets /
+    from_assets."""
 
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
 
