@@ -62,3 +62,15 @@ def test_ctmc_counts_posterior_evaluations(gen):
 
     ctmc_euler(posterior, torch.zeros(2, 3, dtype=torch.long), MetricPath(8), steps=5, validation_steps=2)
     assert len(calls) == 7 and calls[:5] == pytest.approx([i * 0.999 / 5 for i in range(5)])
+
+
+@pytest.mark.parametrize("path", [MetricPath(32, alpha=0.5), MixturePath(32, power=0.5), MetricPath(32, alpha=2.0),
+                                  MixturePath(32, power=2.0)], ids=["metric-0.5", "mask-0.5", "metric-2", "mask-2"])
+def test_ctmc_sampling_with_exponents_other_than_one(gen, path):
+    """An exponent below 1 makes the rate diverge at t = 0 (the left end of the first step divided by zero
+    before the rates moved to each step's midpoint); sampling must run and reach the oracle's target."""
+    target = torch.randint(0, 32, (64, 6, 3), generator=gen)
+    oracle = lambda x, t: torch.nn.functional.one_hot(target, 32).float()  # noqa: E731
+    x_0 = path.source(target.shape, target.device, gen)
+    out = ctmc_euler(oracle, x_0, path, steps=14, validation_steps=0, generator=gen)
+    assert (out == target).float().mean() > 0.9

@@ -102,9 +102,11 @@ def test_action_dim_grouping_gives_each_dim_its_own_scale(gen):
 
 
 def test_loss_is_computed_in_float32_under_bf16_inputs(gen):
+    """Under bf16 autocast too (the guard turns autocast off for the statistics)."""
     gen_x = torch.randn(2, 4, 3, 2, generator=gen).bfloat16().requires_grad_()
     target = torch.randn(2, 3, 2, generator=gen).bfloat16()
-    loss = drifting_loss(gen_x, target, torch.ones(2, 3, 2, dtype=torch.bool))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = drifting_loss(gen_x, target, torch.ones(2, 3, 2, dtype=torch.bool))
     assert loss.dtype == torch.float32
     loss.backward()
     assert gen_x.grad is not None and torch.isfinite(gen_x.grad.float()).all()
@@ -113,3 +115,24 @@ def test_loss_is_computed_in_float32_under_bf16_inputs(gen):
 def test_unknown_grouping_is_named():
     with pytest.raises(ValueError, match="grouping='per_joint'"):
         group_chunks(torch.zeros(1, 2, 3, 4), torch.ones(1, 3, 4, dtype=torch.bool), "per_joint")
+
+
+def test_fp32_target_is_a_real_switch_under_bf16_autocast(gen):
+    """fp32_target=True computes the field, the target and the regression in float32 from full-precision
+    demonstrations: the same loss as the float32 computation on the bf16 generator's values. False computes
+    them in bf16, which rounds visibly. Breaks when the flag is ignored either way, or when the target is
+    rounded to the generator's dtype first."""
+    gen_x = torch.randn(2, 8, 4, 3, generator=gen).bfloat16().requires_grad_()
+    target = torch.randn(2, 4, 3, generator=gen) * 0.5 + 1e-3  # finer than bf16's resolution near 1
+    mask = torch.ones(2, 4, 3, dtype=torch.bool)
+    exact = drifting_loss(gen_x.detach().float(), target, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        guarded = drifting_loss(gen_x, target, mask, fp32_target=True)
+        unguarded = drifting_loss(gen_x, target, mask, fp32_target=False)
+    assert guarded.dtype == torch.float32 and unguarded.dtype == torch.bfloat16
+    assert guarded.item() == pytest.approx(exact.item(), rel=1e-6)
+    assert abs(unguarded.float().item() - exact.item()) > 1e-4 * abs(exact.item())
+    rounded = drifting_loss(gen_x.detach().float(), target.bfloat16().float(), mask)
+    assert guarded.item() != pytest.approx(rounded.item(), rel=1e-7)  # the demonstrations kept their precision
+    guarded.backward()
+    assert torch.isfinite(gen_x.grad.float()).all()

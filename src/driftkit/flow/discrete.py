@@ -10,6 +10,9 @@ Same time convention as the continuous flows: t = 0 source, t = 1 data. Two prob
 
 Sampling (`ctmc_euler`): draw x_1 from the model's posterior p_{1|t}, jump with probability 1 - exp(-h * lambda)
 to z ~ u / lambda, where lambda = sum_z u(z); then `validation_steps` deterministic steps set x = argmax p_{1|t}.
+The rates are taken at the middle of each step, t + h / 2 (the midpoint rule for the step's integrated rate):
+with an exponent below 1 (kappa_power or metric alpha) the rate diverges at t = 0 but its integral stays finite,
+so the left end would divide by zero there.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ def ctmc_euler(
         probs = posterior(x, torch.full((n,), t, device=x.device))
         x_1 = _categorical(probs, generator)
         flat_x, flat_x1 = x.reshape(-1), x_1.reshape(-1)
-        u = path.rates(flat_x, flat_x1, t)  # [M, V]
+        u = path.rates(flat_x, flat_x1, t + h / 2)  # [M, V], at the step's midpoint
         lam = u.sum(-1)
         jump = torch.rand(lam.shape, generator=generator, device=x.device) < 1 - torch.exp(-h * lam)
         if jump.any():

@@ -3,11 +3,14 @@
 One matching problem: G live samples x_i [S] and P positives (demonstrations) y_j [S] of one observation.
 The drift field V_i pulls sample i toward the positives and pushes it away from its siblings; the loss
 regresses the live samples onto the detached target x/s + V, so d loss / d x_i = -(2 / (G S s)) V_i.
-See ../shared/notes/drifting-and-keystone.md; every statistic is computed in float32 without gradient.
+See ../shared/notes/drifting-and-keystone.md. Every statistic is computed without gradient, in float32 with
+autocast off by default (Drift-VLA's fp32 guard; `fp32_target=False` computes them in the generator's dtype
+instead, for the guard's ablation).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -47,18 +50,20 @@ def group_chunks(chunks: Tensor, mask: Tensor, grouping: str) -> tuple[Tensor, T
 
 
 @torch.no_grad()
-def drift_field(x: Tensor, pos: Tensor, valid: Tensor, temperatures=TEMPERATURES) -> DriftField:
-    """x [P, N, G, S] live samples (detached), pos [P, N, Q, S] positives, valid [P, N] bool."""
-    x, pos = x.float(), pos.float()
+def drift_field(x: Tensor, pos: Tensor, valid: Tensor, temperatures=TEMPERATURES, fp32: bool = True) -> DriftField:
+    """x [P, N, G, S] live samples (detached), pos [P, N, Q, S] positives, valid [P, N] bool.
+    fp32: compute in float32 (default); False keeps x's dtype (pos is cast to it)."""
+    x = x.float() if fp32 else x
+    pos = pos.to(x.dtype)
     G, S = x.shape[2], x.shape[3]
-    w_obs = valid.float()[..., None, None]  # [P, N, 1, 1]
+    w_obs = valid.to(x.dtype)[..., None, None]  # [P, N, 1, 1]
     n_valid = w_obs.sum(dim=1).clamp_min(1.0)  # [P, 1, 1]
     y = torch.cat([x, pos], dim=2)  # [P, N, G + Q, S], siblings first
     d = (x.unsqueeze(3) - y.unsqueeze(2)).square().sum(-1).clamp_min(1e-8).sqrt()  # [P, N, G, G + Q]
     scale = (d * w_obs).sum(dim=(1, 2, 3)) / (n_valid.view(-1) * d.shape[2] * d.shape[3])  # [P]
     s = (scale / S**0.5).clamp_min(1e-3)
     dn = d / scale.clamp_min(1e-3).view(-1, 1, 1, 1)
-    dn[..., :G] += _SELF_PENALTY * torch.eye(G, device=x.device)
+    dn[..., :G] += _SELF_PENALTY * torch.eye(G, device=x.device, dtype=x.dtype)
     V = torch.zeros_like(x)
     for r in temperatures:
         logits = -dn / r
@@ -87,17 +92,22 @@ def drifting_loss(
     """gen [B, G, T, D] live samples (with gradient); target [B, T, D] demonstrations; mask [B, T, D].
 
     scale_weighting multiplies each group's loss by its detached scale s, making the gradient's size
-    independent of s (a deviation from the reference code, off by default; see the notes).
-    fp32_target computes the drift target in float32 with autocast off (Drift-VLA's guard).
+    independent of s (a deviation from the reference code; off here, on in the drift decoders' configs; see
+    docs/decoders.md).
+    fp32_target: the drift field, the target and the regression onto it in float32 with autocast off, the
+    demonstrations kept at full precision (Drift-VLA's guard); False computes them in the generator's dtype
+    under the caller's autocast (the guard's ablation).
     """
+    dtype = torch.float32 if fp32_target else gen.dtype
     x, valid = group_chunks(gen, mask, grouping)  # [P, B, G, S]
-    pos, _ = group_chunks(target.unsqueeze(1).to(gen.dtype), mask, grouping)  # [P, B, 1, S]
-    with torch.autocast(device_type=gen.device.type, enabled=False):
-        field = drift_field(x.detach(), pos.detach(), valid, temperatures)
+    pos, _ = group_chunks(target.unsqueeze(1).to(dtype), mask, grouping)  # [P, B, 1, S]
+    guard = torch.autocast(device_type=gen.device.type, enabled=False) if fp32_target else contextlib.nullcontext()
+    with guard:
+        field = drift_field(x.detach().to(dtype), pos.detach(), valid, temperatures, fp32=fp32_target)
         s = field.s.view(-1, 1, 1, 1)
-        x_live = x.float() if fp32_target else x
-        goal = (x.detach().float() / s + field.V).to(x_live.dtype)
-        per_obs = (x_live / s.to(x_live.dtype) - goal).square().mean(dim=(2, 3))  # [P, B]
+        x_live = x.to(dtype)
+        goal = x.detach().to(dtype) / s + field.V
+        per_obs = (x_live / s - goal).square().mean(dim=(2, 3))  # [P, B]
     if scale_weighting:
         per_obs = per_obs * field.s.view(-1, 1)
     valid_f = valid.to(per_obs.dtype)
