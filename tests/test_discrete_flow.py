@@ -41,16 +41,28 @@ def test_mixture_rates_point_only_at_the_target():
 
 
 @pytest.mark.parametrize("path", [MetricPath(32), MixturePath(32)], ids=["metric", "mask"])
-@pytest.mark.parametrize("validation_steps", [0, 2])
-def test_ctmc_sampling_with_an_oracle_posterior_converges_to_the_target(gen, path, validation_steps):
+def test_ctmc_sampling_with_an_oracle_posterior_converges_to_the_target(gen, path):
+    """No validation steps: with them, the argmax of a one-hot oracle returns the target whatever the CTMC did,
+    so only the stochastic steps are tested here (and their law in the next test)."""
     target = torch.randint(0, 32, (64, 6, 3), generator=gen)
     oracle = lambda x, t: torch.nn.functional.one_hot(target, 32).float()  # noqa: E731
     x_0 = path.source(target.shape, target.device, gen)
-    out = ctmc_euler(oracle, x_0, path, steps=14, validation_steps=validation_steps, generator=gen)
-    if validation_steps:
-        assert torch.equal(out, target)
-    else:  # the stochastic steps alone must already land on (nearly) every token
-        assert (out == target).float().mean() > 0.97
+    out = ctmc_euler(oracle, x_0, path, steps=14, validation_steps=0, generator=gen)
+    assert (out == target).float().mean() > 0.97
+
+
+def test_ctmc_reproduces_the_metric_path_marginal_part_way(gen):
+    """Stopped at t = 0.6, the CTMC from the uniform source with an oracle posterior must be distributed as the
+    path's marginal p_t(. | x_1) (max error 0.004 measured with 20 000 draws, 20 steps). Breaks for a
+    sign-flipped or mis-scaled rate, which a converged end point can hide."""
+    path, n = MetricPath(16, c=5.0), 40_000
+    target = torch.full((n,), 7)
+    oracle = lambda x, t: torch.nn.functional.one_hot(target, 16).float()  # noqa: E731
+    out = ctmc_euler(oracle, path.source(target.shape, "cpu", gen), path, steps=20, validation_steps=0, t_max=0.6,
+                     generator=gen)
+    empirical = torch.bincount(out, minlength=16).double() / n
+    exact = torch.softmax(-path.beta(torch.tensor(0.6)) * path.distance(torch.tensor(7)), -1).double()
+    assert (empirical - exact).abs().max() < 6 * (0.25 / n) ** 0.5
 
 
 def test_ctmc_counts_posterior_evaluations(gen):

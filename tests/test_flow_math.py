@@ -18,14 +18,22 @@ def test_interpolation_endpoints_and_velocity():
 
 
 def test_flow_loss_is_zero_for_the_true_velocity_and_masks_padding():
+    """The oracle reads its inputs: (x_1 - x) / (1 - s) is the true velocity only at x = x_t and s = t, so a
+    loss that hands the model the wrong point of the path (x_0, x_1, another t) is not zero."""
     x_0, x_1 = torch.randn(5, 4, 2), torch.randn(5, 4, 2)
-    t = torch.rand(5)
-    exact = lambda x, s: x_1 - x_0  # noqa: E731
-    assert flow_matching_loss(exact, x_0, x_1, t, None).item() == 0.0
+    t = torch.rand(5) * 0.9
+    exact = lambda x, s: (x_1 - x) / (1 - s).view(-1, 1, 1)  # noqa: E731
+    assert flow_matching_loss(exact, x_0, x_1, t, None).item() == pytest.approx(0.0, abs=1e-9)
+    assert (exact(x_0, t) - (x_1 - x_0)).square().mean() > 1e-3  # at another point it is not the velocity
+    # "data" prediction: (x - (1 - s) x_0) / s recovers x_1 only at x = x_t, s = t.
+    data = lambda x, s: (x - (1 - s).view(-1, 1, 1) * x_0) / s.view(-1, 1, 1)  # noqa: E731
+    t_pos = t + 0.05
+    assert flow_matching_loss(data, x_0, x_1, t_pos, None, prediction="data").item() == pytest.approx(0, abs=1e-9)
+    assert flow_matching_loss(data, x_0, x_1, t_pos, None, prediction="velocity").item() > 1e-3
     mask = torch.ones(5, 4, 2, dtype=torch.bool)
     mask[:, -1] = False
-    wrong_in_padding = lambda x, s: (x_1 - x_0) + (~mask) * 100.0  # noqa: E731
-    assert flow_matching_loss(wrong_in_padding, x_0, x_1, t, mask).item() == 0.0
+    wrong_in_padding = lambda x, s: exact(x, s) + (~mask) * 100.0  # noqa: E731
+    assert flow_matching_loss(wrong_in_padding, x_0, x_1, t, mask).item() == pytest.approx(0.0, abs=1e-9)
     assert flow_matching_loss(wrong_in_padding, x_0, x_1, t, None).item() > 1.0
 
 
