@@ -1,8 +1,8 @@
 """Decoder: the two-method contract every continuous decoder keeps.
 
     out = dec.loss(cond, target, mask=None, cond_mask=None)    -> DecoderLoss(.loss, .metrics)
-    y   = dec.sample(cond, num_samples=K, steps=None, generator=None, temperature=None, cond_mask=None)
-                                                               -> [B, K, T, D]
+    y   = dec.sample(cond, num_samples=K, steps=None, generator=None, temperature=None, cond_mask=None,
+                     inpaint=None)                             -> [B, K, T, D]
     n   = dec.nfe(steps=None)                                  network evaluations per sample() call
 
 cond is [B, C] (or [B, L, C] prefix states for nets that attend to them); target is [B, T, D] in the user's
@@ -21,11 +21,20 @@ lm_tokens, residual_flow, residual_drift); that field is the default, and `sampl
 overrides it for one call without touching the config. x must be >= 0. A decoder without one (regression,
 discrete_flow) accepts only temperature=None and raises on any value, 0 included: it has no knob to set,
 and silently ignoring a value would hide a caller's mistake.
+
+Real-time chunking: inpaint (driftkit.rtc.Inpaint, prefix [B, T, D] in action units) asks the K samples of
+each row to follow the previous chunk's prefix where its soft mask W is high. The base class checks it,
+normalises the prefix once with this decoder's normaliser and hands `_sample` an InpaintTarget (normalised
+prefix [B, T, D] + W [T]; the subclass repeats it over K like cond). Only decoders with
+`supports_inpaint = True` receive one (flow, residual_flow: guided Euler; drift, residual_drift: prefix-
+distance selection); any other raises a ValueError naming itself. Guidance needs autograd, so under
+torch.inference_mode() the inpainted call runs outside inference mode on clones of its inputs.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -35,6 +44,7 @@ from torch import Tensor, nn
 from driftkit.errors import check_choice, check_finite, check_positive, check_shape
 from driftkit.nets import NET_REGISTRY, NetSpec, make_net
 from driftkit.normalize import KINDS, NormStats, Normalizer
+from driftkit.rtc import Inpaint, InpaintTarget
 
 
 @dataclass
@@ -110,6 +120,11 @@ def check_cond_mask(cond_mask: Tensor | None, cond: Tensor) -> Tensor | None:
     return cond_mask.to(cond.device)
 
 
+def _ordinary(x: Tensor | None) -> Tensor | None:
+    """x, or a clone that autograd can save when x is an inference tensor (None stays None)."""
+    return x.clone() if x is not None and x.is_inference() else x
+
+
 _NAME_BYTES = 32
 
 
@@ -139,6 +154,8 @@ class Decoder(nn.Module):
     summary: ClassVar[str] = ""
     config_class: ClassVar[type[DecoderConfig]] = DecoderConfig
     default_normalization: ClassVar[str] = "mean_std"
+    supports_inpaint: ClassVar[bool] = False
+    """Whether sample() takes an Inpaint request (real-time chunking); _sample then gets `inpaint=`."""
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -188,17 +205,48 @@ class Decoder(nn.Module):
         generator: torch.Generator | None = None,
         temperature: float | None = None,
         cond_mask: Tensor | None = None,
+        inpaint: Inpaint | None = None,
     ) -> Tensor:
         """cond [B, C] or [B, L, C] -> [B, K, T, D] samples in the target's units; K samples share one batched
         pass. temperature: None = the config's own; see the module docstring for decoders without one.
-        cond_mask [B, L] bool: True at real rows of a 3-D cond (None = all real)."""
+        cond_mask [B, L] bool: True at real rows of a 3-D cond (None = all real). inpaint: real-time chunking
+        toward a prefix [B, T, D] in the target's units (driftkit.rtc; decoders with supports_inpaint only)."""
         cond_mask = self._check_cond(cond, cond_mask)
         check_positive("num_samples", num_samples)
         if steps is not None:
             check_positive("steps", steps)
         temp = self.resolve_temperature(temperature)
-        x = self._sample(cond, num_samples, steps, generator, temp, cond_mask=cond_mask)  # [B, K, T, D], normalised
+        if inpaint is None:
+            x = self._sample(cond, num_samples, steps, generator, temp, cond_mask=cond_mask)  # normalised
+        else:
+            x = self._inpainted(inpaint, cond, cond_mask, lambda c, m, target: self._sample(
+                c, num_samples, steps, generator, temp, cond_mask=m, inpaint=target))
         return self.normalizer.unnormalize(x)
+
+    def _inpainted(self, inpaint: Inpaint, cond: Tensor, cond_mask: Tensor | None, run, *more: Tensor):
+        """run(cond, cond_mask, InpaintTarget, *more) with the prefix checked and normalised once. Under
+        torch.inference_mode() it runs outside inference mode, on clones of the inference tensors it is given
+        (autograd cannot save inference tensors), so guided integration can take its vector-Jacobian products."""
+        self.check_inpaint(inpaint, cond)
+        region = torch.inference_mode(False) if torch.is_inference_mode_enabled() else nullcontext()
+        with region:
+            cond, cond_mask, *more = (_ordinary(x) for x in (cond, cond_mask, *more))
+            prefix = self.normalizer.normalize(inpaint.prefix.to(cond.device, torch.float32)).to(cond.dtype)
+            target = InpaintTarget(_ordinary(prefix), inpaint.weights().to(prefix), inpaint)
+            return run(cond, cond_mask, target, *more)
+
+    def check_inpaint(self, inpaint: Inpaint, cond: Tensor) -> None:
+        """Raise unless this decoder can inpaint and inpaint's prefix is [B, T, D] for cond's B."""
+        if not self.supports_inpaint:
+            from driftkit.decoders.registry import DECODERS
+
+            able = sorted(name for name, cls in DECODERS.items() if cls.supports_inpaint)
+            raise ValueError(f"decoder {self.name!r} cannot inpaint a prefix (real-time chunking); decoders that "
+                             f"can: {able}")
+        if not isinstance(inpaint, Inpaint):
+            raise TypeError(f"inpaint must be a driftkit.rtc.Inpaint, got {type(inpaint).__name__}")
+        check_shape("inpaint prefix", inpaint.prefix, (cond.shape[0], *self.config.target_shape),
+                    " (batch of cond, *target_shape)")
 
     @property
     def has_temperature(self) -> bool:
@@ -245,7 +293,8 @@ class Decoder(nn.Module):
     ) -> Tensor:
         """cond [B, C] or [B, L, C] -> [B, K, T, D] in normalised space. temperature is resolved
         (resolve_temperature): a float >= 0 for decoders with one, None for those without. cond_mask as in
-        _loss."""
+        _loss. Decoders with supports_inpaint also take `inpaint: InpaintTarget | None` (normalised prefix
+        [B, T, D], repeated over K like cond by the subclass)."""
         raise NotImplementedError
 
     def init_from_lm_head(self, lm_head_rows) -> None:

@@ -5,11 +5,18 @@ The generator is one Euler step of a velocity network with its time input pinned
 so samples start with data-scale spread (a plain f(noise) collapses to the mean; see the notes) and a
 flow checkpoint's network can be fine-tuned into a drift generator. Training draws G samples per
 observation from one shared condition and matches them to the demonstration with the drifting loss.
+
+Real-time chunking (no published method for a one-step generator; the Drift-VLA reference refuses RTC):
+`inpaint_one_step` draws K' = max(K, candidates) samples in one batched pass and keeps the K closest to the
+prefix under RTC's soft mask (driftkit.selection.rank_by_prefix), closest first; with noise_steps > 0 it then
+takes that many Adam steps on the kept samples' input noise to lower the same distance. Measured in
+benchmarks/results/rtc_offline.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -20,6 +27,8 @@ from driftkit.errors import check_choice, check_positive
 from driftkit.losses import GROUPINGS, drifting_loss
 from driftkit.losses.drifting import TEMPERATURES
 from driftkit.ops import randn, repeat_samples
+from driftkit.rtc import InpaintTarget
+from driftkit.selection.prefix import prefix_distance, rank_by_prefix
 
 
 @dataclass
@@ -59,6 +68,30 @@ class DriftOptions:
         )
 
 
+def inpaint_one_step(generate: Callable[[Tensor], Tensor], eps: Tensor, k: int, inpaint: InpaintTarget) -> Tensor:
+    """generate(eps [B, n, T, D] standard-normal input noise) -> [B, n, T, D] normalised samples (one batched
+    pass; the temperature is generate's business); eps [B, K', T, D] the candidates' noise, K' >= k ->
+    [B, k, T, D] the k samples closest to inpaint.prefix (closest first), then refined by noise_steps Adam
+    steps on their noise when the request asks for them."""
+    x = generate(eps)
+    x, index = rank_by_prefix(x, inpaint.prefix, inpaint.weights, keep=k)
+    steps = inpaint.request.noise_steps
+    if steps == 0:
+        return x
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("noise_steps need autograd, which torch.inference_mode() forbids (Decoder.sample "
+                           "leaves inference mode for them by itself)")
+    rows = torch.arange(eps.shape[0], device=eps.device)[:, None]
+    with torch.enable_grad():
+        z = eps[rows, index].detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=inpaint.request.noise_lr)
+        for _ in range(steps):
+            # autograd.grad, not backward(): the network's parameters must not collect gradients here.
+            (z.grad,) = torch.autograd.grad(prefix_distance(generate(z), inpaint.prefix, inpaint.weights).sum(), z)
+            opt.step()
+    return generate(z.detach())
+
+
 @dataclass
 class DriftConfig(DriftOptions, DecoderConfig):
     def __post_init__(self):
@@ -71,6 +104,7 @@ class DriftDecoder(Decoder):
     name = "drift"
     summary = "one-step generator trained with the drifting loss (Drift-VLA), action-dim grouping; 1 NFE"
     config_class = DriftConfig
+    supports_inpaint = True  # RTC: prefix-distance selection over K' one-step samples (inpaint_one_step)
 
     def __init__(self, config: DriftConfig):
         super().__init__(config)
@@ -93,8 +127,20 @@ class DriftDecoder(Decoder):
         loss = self.config.drift_loss(self._draw(cond, self.config.train_samples, cond_mask=cond_mask), x_1, mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None) -> Tensor:
-        return self._draw(cond, k, generator, temperature, cond_mask)
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None,
+                inpaint: InpaintTarget | None = None) -> Tensor:
+        if inpaint is None:
+            return self._draw(cond, k, generator, temperature, cond_mask)
+        b, k_all = cond.shape[0], max(k, inpaint.request.candidates)
+        # The same draw as _draw's for k_all samples, so candidates = 1 with K = 1 reproduces sample().
+        eps = randn((b * k_all, *self.config.target_shape), cond, generator).view(b, k_all, *self.config.target_shape)
+
+        def generate(e: Tensor) -> Tensor:
+            n = e.shape[1]
+            x = self.generate(repeat_samples(cond, n), temperature * e.flatten(0, 1), repeat_samples(cond_mask, n))
+            return x.view(b, n, *self.config.target_shape)
+
+        return inpaint_one_step(generate, eps, k, inpaint)
 
     def nfe(self, steps: int | None = None) -> int:
         return 1

@@ -9,8 +9,11 @@ from torch import Tensor
 from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
 from driftkit.decoders.registry import register_decoder
 from driftkit.errors import check_choice, check_positive
-from driftkit.flow import PREDICTIONS, TIME_SAMPLERS, as_velocity, euler, flow_matching_loss, sample_time
+from driftkit.flow import (
+    PREDICTIONS, TIME_SAMPLERS, PrefixGuide, as_velocity, euler, flow_matching_loss, guided_euler, sample_time,
+)
 from driftkit.ops import randn, repeat_samples
+from driftkit.rtc import InpaintTarget
 
 
 @dataclass
@@ -39,10 +42,13 @@ class FlowOptions:
         t = sample_time(self.time_sampler, x_1.shape[0], x_1)
         return flow_matching_loss(model, x_0, x_1, t, mask, self.prediction)
 
-    def integrate(self, model, x_0: Tensor, steps: int | None) -> Tensor:
-        """Euler-integrate model's field from x_0 [N, T, D] at t = 0 to t = 1."""
+    def integrate(self, model, x_0: Tensor, steps: int | None, guide: PrefixGuide | None = None) -> Tensor:
+        """Euler-integrate model's field from x_0 [N, T, D] at t = 0 to t = 1; with a guide, RTC's guided
+        Euler toward guide.target (driftkit.flow.guidance), in the same coordinates as x_0."""
         field = lambda x, t: as_velocity(model(x, t), x, t, self.prediction)  # noqa: E731
-        return euler(field, x_0, steps or self.steps)
+        if guide is None:
+            return euler(field, x_0, steps or self.steps)
+        return guided_euler(field, x_0, steps or self.steps, guide)
 
 
 @dataclass
@@ -56,6 +62,7 @@ class FlowConfig(FlowOptions, DecoderConfig):
 class FlowDecoder(Decoder):
     name = "flow"
     summary = "flow matching from Gaussian noise, Euler integration (pi0/SmolVLA); NFE = steps (10)"
+    supports_inpaint = True  # RTC: guided Euler (driftkit.flow.guidance), one backward pass per step
     config_class = FlowConfig
 
     def __init__(self, config: FlowConfig):
@@ -67,11 +74,13 @@ class FlowDecoder(Decoder):
         loss = self.config.flow_loss(model, randn(x_1.shape, x_1), x_1, mask)
         return DecoderLoss(loss, {"loss": loss.item()})
 
-    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None) -> Tensor:
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None,
+                inpaint: InpaintTarget | None = None) -> Tensor:
         cond_k, cond_mask_k = repeat_samples(cond, k), repeat_samples(cond_mask, k)
         # Noise is drawn even at temperature 0 so the generator's stream does not depend on the temperature.
         x_0 = temperature * randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
-        x_1 = self.config.integrate(lambda x, t: self.net(cond_k, x, t, cond_mask=cond_mask_k), x_0, steps)
+        guide = None if inpaint is None else PrefixGuide(inpaint.repeated(k), inpaint.weights, inpaint.beta)
+        x_1 = self.config.integrate(lambda x, t: self.net(cond_k, x, t, cond_mask=cond_mask_k), x_0, steps, guide)
         return x_1.view(cond.shape[0], k, *self.config.target_shape)
 
     def nfe(self, steps: int | None = None) -> int:

@@ -13,6 +13,12 @@ sees and predicts. "residual" keeps the refiner's inputs at unit scale whatever 
 is the default. sigma (per dim) is fixed by `source_std`, or by default ("auto") tracks
 the RMS of the base's residual during training: a coarse or mean-collapsed base gets a wide source that can
 reach far modes, a precise base a narrow one that refines locally (see docs/decoders.md).
+
+Real-time chunking (sample / sample_with_base with inpaint=): the base predicts unguided; the refiner does
+the inpainting around it. residual_flow guides its Euler integration in the refiner's own coordinates (the
+prefix Y is mapped to c(Y) around the same base b, and W * (c(Y) - c1_hat) drives the guidance);
+residual_drift selects among K' one-step refinements by their distance to Y in normalised target units
+(driftkit.decoders.drift.inpaint_one_step).
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import torch
 from torch import Tensor
 
 from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
-from driftkit.decoders.drift import DriftOptions
+from driftkit.decoders.drift import DriftOptions, inpaint_one_step
 from driftkit.decoders.flow import FlowOptions
 from driftkit.decoders.registry import make_decoder, register_decoder
 from driftkit.errors import check_choice, check_finite, check_positive, check_shape
+from driftkit.flow import PrefixGuide
 from driftkit.normalize import NormStats
 from driftkit.ops import masked_mean, randn, repeat_samples
+from driftkit.rtc import Inpaint, InpaintTarget
 
 
 @dataclass
@@ -69,6 +77,8 @@ class ResidualOptions:
 
 class ResidualDecoder(Decoder):
     """Shared plumbing: the base decoder, sigma, the coordinates, the training schedule."""
+
+    supports_inpaint = True  # both refiners inpaint: residual_flow by guidance, residual_drift by selection
 
     def __init__(self, config):
         super().__init__(config)
@@ -140,15 +150,22 @@ class ResidualDecoder(Decoder):
         generator: torch.Generator | None = None,
         temperature: float | None = None,
         cond_mask: Tensor | None = None,
+        inpaint: Inpaint | None = None,
     ) -> Tensor:
         """Refine base [B, T, D] (target units) into [B, K, T, D] samples; temperature None = the config's;
-        cond_mask [B, L] marks the real rows of a 3-D cond, as in sample()."""
+        cond_mask [B, L] marks the real rows of a 3-D cond, as in sample(); inpaint: real-time chunking toward
+        a prefix in target units, as in sample()."""
         cond_mask = self._check_cond(cond, cond_mask)
         check_positive("num_samples", num_samples)
         if steps is not None:
             check_positive("steps", steps)
         temp = self.resolve_temperature(temperature)
-        x = self._sample_around(cond, self._check_base(cond, base), num_samples, steps, generator, temp, cond_mask)
+        b = self._check_base(cond, base)
+        if inpaint is None:
+            x = self._sample_around(cond, b, num_samples, steps, generator, temp, cond_mask)
+        else:
+            x = self._inpainted(inpaint, cond, cond_mask, lambda c, m, target, b_: self._sample_around(
+                c, b_, num_samples, steps, generator, temp, m, inpaint=target), b)
         return self.normalizer.unnormalize(x)
 
     def base_nfe(self) -> int:
@@ -207,17 +224,29 @@ class ResidualDecoder(Decoder):
         metrics["loss"] = loss.item()
         return DecoderLoss(loss, metrics)
 
-    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None) -> Tensor:
+    def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None,
+                inpaint: InpaintTarget | None = None) -> Tensor:
         b = self.base_prediction(cond, cond_mask)
-        return self._sample_around(cond, b, k, steps, generator, temperature, cond_mask)
+        return self._sample_around(cond, b, k, steps, generator, temperature, cond_mask, inpaint)
 
     def _sample_around(
-        self, cond: Tensor, b: Tensor, k: int, steps, generator, temperature: float, cond_mask: Tensor | None = None
+        self, cond: Tensor, b: Tensor, k: int, steps, generator, temperature: float, cond_mask: Tensor | None = None,
+        inpaint: InpaintTarget | None = None,
     ) -> Tensor:
-        """b [B, T, D] normalised base -> [B, K, T, D] normalised refined samples."""
+        """b [B, T, D] normalised base -> [B, K, T, D] normalised refined samples (toward inpaint's prefix
+        when given)."""
+        if inpaint is not None:
+            return self._inpaint_around(cond, b, k, steps, generator, temperature, cond_mask, inpaint)
         cond_k, b_k, cond_mask_k = repeat_samples(cond, k), repeat_samples(b, k), repeat_samples(cond_mask, k)
         x = self._refine_sample(cond_k, b_k, steps, generator, temperature, cond_mask_k)
         return x.view(cond.shape[0], k, *self.config.target_shape)
+
+    def _inpaint_around(
+        self, cond: Tensor, b: Tensor, k: int, steps, generator, temperature: float, cond_mask: Tensor | None,
+        inpaint: InpaintTarget,
+    ) -> Tensor:
+        """As _sample_around, inpainting toward inpaint.prefix (normalised, [B, T, D])."""
+        raise NotImplementedError
 
     def _refine_loss(
         self, cond: Tensor, b: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None
@@ -254,9 +283,18 @@ class ResidualFlowDecoder(ResidualDecoder):
         c_0, c_1 = self.to_coords(self.source(b), b), self.to_coords(x_1, b)
         return self.config.flow_loss(self._refiner_fn(cond, b, cond_mask), c_0, c_1, mask)
 
-    def _refine_sample(self, cond, b, steps, generator, temperature: float, cond_mask=None):
+    def _refine_sample(self, cond, b, steps, generator, temperature: float, cond_mask=None,
+                       guide: PrefixGuide | None = None):
+        """guide: RTC guidance in the refiner's coordinates (its target already mapped by to_coords)."""
         c_0 = self.to_coords(self.source(b, generator, temperature), b)
-        return self.from_coords(self.config.integrate(self._refiner_fn(cond, b, cond_mask), c_0, steps), b)
+        return self.from_coords(self.config.integrate(self._refiner_fn(cond, b, cond_mask), c_0, steps, guide), b)
+
+    def _inpaint_around(self, cond, b, k, steps, generator, temperature, cond_mask, inpaint):
+        cond_k, b_k, cond_mask_k = repeat_samples(cond, k), repeat_samples(b, k), repeat_samples(cond_mask, k)
+        # Guide in the refiner's coordinates: the prefix as the refiner would see it around the same base.
+        guide = PrefixGuide(self.to_coords(inpaint.repeated(k), b_k), inpaint.weights, inpaint.beta)
+        x = self._refine_sample(cond_k, b_k, steps, generator, temperature, cond_mask_k, guide)
+        return x.view(cond.shape[0], k, *self.config.target_shape)
 
     def nfe(self, steps: int | None = None) -> int:
         """Base evaluations (none for an external base) plus the refiner's steps."""
@@ -279,9 +317,26 @@ class ResidualDriftDecoder(ResidualDecoder):
 
     def _generate(self, cond, b, generator=None, temperature: float = 1.0, cond_mask=None):
         """One step from the source in coordinates: c = c_0 + v(c_0, t=0)."""
-        c_0 = self.to_coords(self.source(b, generator, temperature), b)
+        return self._generate_from(cond, b, randn(b.shape, b, generator), temperature, cond_mask)
+
+    def _generate_from(self, cond, b, eps: Tensor, temperature: float = 1.0, cond_mask=None):
+        """_generate from given standard-normal noise eps [N, T, D] (source x_0 = b + temperature sigma eps)."""
+        c_0 = self.to_coords(b + temperature * self.sigma * eps, b)
         t = torch.zeros(c_0.shape[0], device=c_0.device, dtype=c_0.dtype)
         return c_0 + self._refiner_fn(cond, b, cond_mask)(c_0, t)
+
+    def _inpaint_around(self, cond, b, k, steps, generator, temperature, cond_mask, inpaint):
+        n_rows, k_all, shape = cond.shape[0], max(k, inpaint.request.candidates), self.config.target_shape
+        eps = randn((n_rows * k_all, *shape), b, generator).view(n_rows, k_all, *shape)  # as _generate draws it
+
+        def generate(e: Tensor) -> Tensor:  # [B, n, T, D] noise -> [B, n, T, D] normalised refinements
+            n = e.shape[1]
+            b_n = repeat_samples(b, n)
+            c = self._generate_from(repeat_samples(cond, n), b_n, e.flatten(0, 1), temperature,
+                                    repeat_samples(cond_mask, n))
+            return self.from_coords(c, b_n).view(n_rows, n, *shape)
+
+        return inpaint_one_step(generate, eps, k, inpaint)
 
     def _refine_loss(self, cond, b, x_1, mask, cond_mask=None):
         g = self.config.train_samples

@@ -3,6 +3,7 @@
     out = policy(batch)                                   -> DecoderLoss (training; through forward so DDP syncs)
     y = policy.sample(obs, num_samples=K)                 -> [B, K, T, D] in action units
     a = policy.predict(obs, num_samples=K, select="keystone")  -> [B, T, D]
+    a = policy.predict(obs, inpaint=Inpaint.from_previous(...))  real-time chunking (driftkit.rtc)
     policy.nfe(steps)                                     network evaluations per chunk
     policy.save_pretrained(dir); Policy.from_pretrained(dir)   one atomic directory format for every kind
 
@@ -32,6 +33,7 @@ from driftkit.errors import check_finite, check_positive
 from driftkit.normalize import NormStats
 from driftkit.policy.config import PolicyConfig
 from driftkit.policy.keys import ACTION_KEY, ACTION_PAD_KEY
+from driftkit.rtc import Inpaint
 from driftkit.timing import StageTimer, stage_of
 
 @dataclass
@@ -95,15 +97,17 @@ class Policy(nn.Module):
     @torch.no_grad()
     def sample(self, obs: dict, num_samples: int = 1, steps: int | None = None,
                generator: torch.Generator | None = None, timer: StageTimer | None = None,
-               temperature: float | None = None) -> Tensor:
+               temperature: float | None = None, inpaint: Inpaint | None = None) -> Tensor:
         """obs -> [B, K, T, D] chunks in action units. timer, when given, receives the stage times
         (e.g. preprocess / prefix / decoder); temperature overrides the decoder's sampling temperature for
-        this call (None = its config's)."""
+        this call (None = its config's); inpaint (driftkit.rtc.Inpaint, prefix [B, T, D] in action units)
+        holds every sample to the previous chunk's prefix (real-time chunking; the decoder raises if it
+        cannot)."""
         check_positive("num_samples", num_samples)
         c = self.encode(obs, timer)
         with stage_of(timer)("decoder"):
             return self.decoder.sample(c.cond, num_samples, steps, generator, temperature=temperature,
-                                       cond_mask=c.mask)
+                                       cond_mask=c.mask, inpaint=inpaint)
 
     def nfe(self, steps: int | None = None) -> int:
         """Network evaluations of one chunk (K samples are batched into each)."""
@@ -116,13 +120,15 @@ class Policy(nn.Module):
     @torch.no_grad()
     def predict(self, obs: dict, num_samples: int = 1, steps: int | None = None, select: str | None = None,
                 clusters: int = 2, generator: torch.Generator | None = None,
-                timer: StageTimer | None = None, temperature: float | None = None) -> Tensor:
+                timer: StageTimer | None = None, temperature: float | None = None,
+                inpaint: Inpaint | None = None) -> Tensor:
         """obs -> [B, T, D]: one of K samples, the first (select None / "first"), or chosen by KeyStone or
-        the medoid (driftkit.selection), which needs num_samples >= 2 to matter."""
+        the medoid (driftkit.selection), which needs num_samples >= 2 to matter. inpaint: real-time chunking,
+        as in sample() (one-step decoders return their samples closest to the prefix first)."""
         if select not in SELECTORS:
             raise ValueError(f"got select={select!r}, must be one of {list(SELECTORS)}")
         check_positive("num_samples", num_samples)
-        samples = self.sample(obs, num_samples, steps, generator, timer, temperature)
+        samples = self.sample(obs, num_samples, steps, generator, timer, temperature, inpaint=inpaint)
         if select in (None, "first"):
             return samples[:, 0]
         from driftkit import selection

@@ -24,6 +24,7 @@ from driftkit.decoders.residual import ResidualDecoder
 from driftkit.errors import check_choice, check_positive
 from driftkit.policy.base import action_target, register_policy
 from driftkit.policy.vlm import VLMPolicy, VLMPolicyConfig, saved_backbone
+from driftkit.rtc import Inpaint
 from driftkit.timing import StageTimer, stage_of
 
 FAST_ASSETS = "fast_tokenizer"
@@ -121,8 +122,9 @@ class FASTPolicy(VLMPolicy):
     @torch.no_grad()
     def sample(self, obs: dict, num_samples: int = 1, steps: int | None = None,
                generator: torch.Generator | None = None, timer: StageTimer | None = None,
-               temperature: float | None = None) -> Tensor:
-        """Generate FAST once per row from a cached prefix, decode, and refine K times (batched)."""
+               temperature: float | None = None, inpaint: Inpaint | None = None) -> Tensor:
+        """Generate FAST once per row from a cached prefix, decode, and refine K times (batched); inpaint
+        guides the refiner (the FAST base itself is generated unguided)."""
         check_positive("num_samples", num_samples)
         stage = stage_of(timer)
         with stage("preprocess"):
@@ -133,7 +135,7 @@ class FASTPolicy(VLMPolicy):
             gen = self.head.generate_from_prefix(prefix)
             c = self.condition(gen.features, state)
             return self.decoder.sample_with_base(c.cond, gen.actions.to(c.cond), num_samples, steps, generator,
-                                                 temperature=temperature, cond_mask=c.mask)
+                                                 temperature=temperature, cond_mask=c.mask, inpaint=inpaint)
 
     def nfe(self, steps: int | None = None) -> int:
         """LM passes of the longest FAST generation (T * D + 1 at most) plus the refiner's evaluations."""
