@@ -299,6 +299,24 @@ def test_lm_tokens_starts_as_the_lm_head_on_the_last_vocab_ids():
     assert int(dec.vocab_ids(ids, v).min()) >= v - 16
 
 
+def test_lm_tokens_with_openvlas_layout_reads_the_descending_ids():
+    """bin_layout="openvla": class i is id V - 1 - i with V the tokenizer's vocab_size (OpenVLA's mapping, so
+    a head trained that way is not mirrored), and N edges give N - 1 intervals. Breaks if the rows are taken
+    ascending, from the LM head's padded size, or the bins keep N intervals."""
+    policy = VLMPolicy(policy_config("qwen2_5_vl", "lm_tokens", decoder_options={
+        "num_bins": 16, "normalization": "none", "bin_layout": "openvla"}))
+    bb, dec = policy.backbone, policy.decoder
+    v = bb.tokenizer.vocab_size
+    ids = torch.arange(v - 1, v - 17, -1)
+    inputs = bb.prepare(images(2), PROMPTS[:2])
+    with torch.no_grad():
+        logits = bb.model(**inputs.full_kwargs()).logits[:, inputs.prefix_len:]  # [B, Q, V]
+        ours = dec.logits(policy.condition(bb.encode(images(2), PROMPTS[:2]), None).cond)
+    torch.testing.assert_close(ours.reshape(2, T * D, 16), logits[..., ids], atol=1e-5, rtol=0)
+    assert dec.vocab_ids(torch.tensor([0, 15]), v).tolist() == [v - 1, v - 16]
+    assert dec.bins.width == pytest.approx(2 / 15)
+
+
 @pytest.mark.parametrize("cond", ["pooled", "query", "context"])
 def test_policy_sizes_the_decoder_to_the_cond_width(cond):
     """Replaces the removed check of a hand-built decoder's cond_dim (VLMPolicy(bb, decoder) no longer exists):

@@ -195,12 +195,18 @@ class Backbone(nn.Module):
     def device(self) -> torch.device:
         return self.query_embed.device
 
-    def lm_head_rows(self, num_rows: int) -> tuple[Tensor, Tensor | None]:
-        """Weight [num_rows, H] (and bias or None) of the last num_rows ids of the original LM vocabulary."""
+    def lm_head_rows(self, num_rows: int, layout: str = "centres") -> tuple[Tensor, Tensor | None]:
+        """Weight [num_rows, H] (and bias or None) of the LM head at the bin ids, in class order: ids
+        base_vocab - num_rows .. base_vocab - 1 ("centres"), or V - 1, V - 2, .. V - num_rows with V the
+        tokenizer's vocab_size ("openvla", as OpenVLA maps its bins)."""
         head = self.model.get_output_embeddings()
-        sl = slice(self.base_vocab - num_rows, self.base_vocab)
-        bias = None if head.bias is None else head.bias.detach()[sl]
-        return head.weight.detach()[sl], bias
+        if layout == "openvla":
+            top = self.tokenizer.vocab_size
+            ids = torch.arange(top - 1, top - 1 - num_rows, -1, device=head.weight.device)
+        else:
+            ids = torch.arange(self.base_vocab - num_rows, self.base_vocab, device=head.weight.device)
+        bias = None if head.bias is None else head.bias.detach()[ids]
+        return head.weight.detach()[ids], bias
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def prepare(self, images, prompts) -> PrefixInputs:

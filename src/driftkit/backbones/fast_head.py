@@ -11,7 +11,8 @@
 Vocabulary. FAST id i is the i-th of the last N "free" ids of the LM vocabulary (ascending), where free means
 below the model's original vocabulary size V and not a special token (image placeholders, BOS/EOS/PAD, any
 added token, the query tokens): feeding an image placeholder back as an action would corrupt the image block.
-When the top of the vocabulary holds no special token this is OpenVLA's mapping, id V - N + i. End of action
+When the top of the vocabulary holds no special token this is id V - N + i, ascending (OpenVLA counts its
+bins down from V - 1 instead; see the lm_tokens decoder's bin_layout). End of action
 is the tokenizer's EOS (end_token="eos": the LM head already has a row that means "stop"), or one more free id
 just below the block (end_token="extra").
 

@@ -298,8 +298,8 @@ class Decoder(nn.Module):
         raise NotImplementedError
 
     def init_from_lm_head(self, lm_head_rows) -> None:
-        """Hook for decoders that start from a VLM's LM head: lm_head_rows(n) -> (weight [n, H], bias or None)
-        of the last n ids of its vocabulary. Most decoders have nothing to take from it."""
+        """Hook for decoders that start from a VLM's LM head: lm_head_rows(n, layout) -> (weight [n, H], bias or
+        None) of n bin ids of its vocabulary (Backbone.lm_head_rows). Most decoders have nothing to take from it."""
 
     # ---- normalisation -------------------------------------------------------------------------------
     def set_stats(self, stats: NormStats) -> None:

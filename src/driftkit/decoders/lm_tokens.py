@@ -1,7 +1,9 @@
 """lm_tokens: the VLM's own discrete interface as a decoder (OpenVLA-style action tokens).
 
-Uniform bins over the normalised range [-1, 1] are mapped onto the last N ids of the LM vocabulary: bin i is
-vocabulary id V - N + i (V = the model's vocabulary before the query tokens were added). The network is
+Uniform bins over the normalised range [-1, 1] are mapped onto the top N ids of the LM vocabulary. Default
+(bin_layout="centres"): N intervals, bin i is id V - N + i with V the LM head's rows before the query tokens
+were added. bin_layout="openvla" is OpenVLA's exact layout: N edges (N - 1 intervals) and the descending id
+V - 1 - i with V the tokenizer's vocab_size (OpenVLA's head, read without mirroring its actions). The network is
 those N rows of the LM head, applied to the query-token states: position p of the flattened chunk (T * D
 values, time-major) reads state p of the last T * D states of cond, plus a learned per-position offset
 (zero at initialisation, so an untrained decoder is exactly the LM head). All values are decoded in
@@ -36,17 +38,21 @@ class LMTokensDecoder(BinDecoder):
         self.offset = nn.Parameter(torch.zeros(positions, config.cond_dim))  # [T * D, H]
 
     def load_lm_head(self, weight: Tensor, bias: Tensor | None = None) -> None:
-        """Copy the LM head rows of the bin ids: weight [N, H] (ids V - N .. V - 1), bias [N] or None."""
+        """Copy the LM head rows of the bin ids, in class order: weight [N, H], bias [N] or None (see
+        vocab_ids for which id each class is)."""
         check_shape("weight", weight, (self.config.num_bins, self.config.cond_dim), " (num_bins, cond_dim)")
         with torch.no_grad():
             self.head.weight.copy_(weight)
             self.head.bias.copy_(bias if bias is not None else torch.zeros_like(self.head.bias))
 
     def init_from_lm_head(self, lm_head_rows) -> None:
-        self.load_lm_head(*lm_head_rows(self.config.num_bins))
+        self.load_lm_head(*lm_head_rows(self.config.num_bins, layout=self.config.bin_layout))
 
     def vocab_ids(self, bin_ids: Tensor, vocab_size: int) -> Tensor:
-        """Bin indices -> LM vocabulary ids (V - N + i)."""
+        """Bin indices -> LM vocabulary ids: V - N + i ("centres", V = the LM head's rows before the query
+        tokens) or V - 1 - i ("openvla", V = the tokenizer's vocab_size, as OpenVLA counts it)."""
+        if self.config.bin_layout == "openvla":
+            return (vocab_size - 1) - bin_ids
         return bin_ids + (vocab_size - self.config.num_bins)
 
     def logits(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:

@@ -14,15 +14,20 @@ from torch import Tensor
 
 from driftkit.decoders.base import Decoder, DecoderConfig, DecoderLoss
 from driftkit.decoders.registry import register_decoder
-from driftkit.errors import check_positive
+from driftkit.errors import check_choice, check_positive
 from driftkit.ops import masked_mean
 from driftkit.tokenizers import UniformBins
+from driftkit.tokenizers.bins import LAYOUTS
 
 
 @dataclass
 class TokensConfig(DecoderConfig):
     num_bins: int = 256
-    """Uniform bins over the normalised range [-1, 1]."""
+    """Classes over the normalised range [-1, 1]."""
+    bin_layout: str = "centres"
+    """centres (default): num_bins equal intervals; openvla: OpenVLA's num_bins edges (num_bins - 1 intervals),
+    and for lm_tokens its descending vocabulary ids V - 1 - i with V the tokenizer's vocab_size
+    (driftkit.tokenizers.bins)."""
     temperature: float = 0.0
     """Default (override per call with `temperature=`): 0 decodes the most likely bin; > 0 samples bins
     independently per position at this temperature."""
@@ -30,6 +35,7 @@ class TokensConfig(DecoderConfig):
     def __post_init__(self):
         super().__post_init__()
         check_positive("num_bins", self.num_bins)
+        check_choice("bin_layout", self.bin_layout, LAYOUTS)
         check_positive("temperature", self.temperature, allow_zero=True)
 
 
@@ -42,7 +48,7 @@ class BinDecoder(Decoder):
 
     def __init__(self, config: TokensConfig):
         super().__init__(config)
-        self.bins = UniformBins(config.num_bins)
+        self.bins = UniformBins(config.num_bins, layout=config.bin_layout)
 
     def logits(self, cond: Tensor, cond_mask: Tensor | None = None) -> Tensor:
         raise NotImplementedError
