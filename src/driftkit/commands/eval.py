@@ -14,33 +14,21 @@ def _labels(policies: list, paths: list[Path]) -> list[str]:
 
 
 def _resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint/policy folder as given, or a run's output_dir -> its newest complete checkpoint."""
-    from driftkit.train.checkpoint import latest_checkpoint
+    from driftkit.train.checkpoint import resolve_policy_dir
 
-    if (path / "config.json").is_file():
-        return path
-    newest = latest_checkpoint(path)
-    if newest is None:
-        raise typer.BadParameter(f"{path} holds neither config.json nor complete checkpoints/step_* folders")
-    return newest
+    try:
+        return resolve_policy_dir(path)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 def _task_map(checkpoint: Path, policy, dataset: Path | None) -> dict[str, int] | None:
-    """instruction -> task_index of the data the checkpoint was trained on (None for single-task policies)."""
-    import json
+    from driftkit.train.checkpoint import training_task_map
 
-    from driftkit.data import task_index_map
-
-    if dataset is None:
-        config = json.loads((checkpoint / "config.json").read_text())
-        data = config.get("train", {}).get("data", {})
-        dataset = Path(data["root"]) if data.get("source") == "lerobot" and data.get("root") else None
-    if dataset is not None:
-        return task_index_map(dataset)
-    if getattr(getattr(policy, "config", None), "num_tasks", 1) > 1:
-        raise typer.BadParameter(f"{checkpoint} was trained on several tasks but its config names no LeRobot "
-                                 "dataset; pass --dataset DIR (the training data) to map tasks to task_index")
-    return None
+    try:
+        return training_task_map(checkpoint, getattr(policy.config, "num_tasks", 1), dataset)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 def eval_command(

@@ -7,28 +7,17 @@ from pathlib import Path
 import typer
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def _served_task_map(checkpoint: Path, policy) -> dict[str, int] | None:
     """instruction -> task_index of the training data, for state policies trained on several tasks (None when
     the checkpoint names no readable LeRobot dataset: clients then send task_index)."""
-    from driftkit.commands.eval import _task_map
+    from driftkit.train.checkpoint import training_task_map
 
-    if getattr(policy.config, "num_tasks", 1) <= 1:
+    num_tasks = getattr(policy.config, "num_tasks", 1)
+    if num_tasks <= 1:
         return None
     try:
-        return _task_map(checkpoint, policy, None)
-    except (typer.BadParameter, OSError, ValueError, KeyError) as err:
+        return training_task_map(checkpoint, num_tasks)
+    except (OSError, ValueError, KeyError) as err:
         typer.echo(f"note: no task map ({err}); clients must send task_index", err=True)
         return None
 
@@ -44,16 +33,20 @@ def serve_command(
     device: str = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Serve a policy over websockets: msgpack observations in, action chunks out; GET /healthz answers 200."""
-    from driftkit.commands.eval import _resolve_checkpoint
+    from driftkit.devices import resolve_device
     from driftkit.policy import load_policy
     from driftkit.serving import PolicyServer
+    from driftkit.train.checkpoint import resolve_policy_dir
 
     if max_batch < 1:
         raise typer.BadParameter(f"got --max-batch {max_batch}, must be >= 1")
     if batch_window_ms < 0:
         raise typer.BadParameter(f"got --batch-window-ms {batch_window_ms}, must be >= 0")
-    path = _resolve_checkpoint(checkpoint)
-    policy = load_policy(path, device=_device(device))
+    try:
+        path, device = resolve_policy_dir(checkpoint), resolve_device(device)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise typer.BadParameter(str(err)) from None
+    policy = load_policy(path, device=device)
     server = PolicyServer(policy, host, port, max_batch=max_batch, batch_window_ms=batch_window_ms,
                           task_map=_served_task_map(path, policy))
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from driftkit.atomic import write_text_atomic
+from driftkit.devices import resolve_device
 from driftkit.errors import check_choice, check_positive
 from driftkit.grounding.evaluate import POSTPROCESS, eval_variants, evaluate
 
@@ -207,14 +208,6 @@ def train_config(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike):
         seed=cfg.seed, output_dir=str(out_dir), checkpoint_every=min(cfg.steps, 500), keep_checkpoints=1,
         log_every=cfg.log_every, cpu=resolve_device(cfg.device).type == "cpu", tensorboard=False, progress=False,
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("got device='cuda', but no CUDA device is available")
-    return torch.device(name)
 
 
 def run_experiment(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike, datasets=None) -> dict:

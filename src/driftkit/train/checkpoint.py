@@ -76,6 +76,34 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
     return path
 
 
+def resolve_policy_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint or policy folder as given, or a run's output_dir -> its newest complete checkpoint."""
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return path
+    newest = latest_checkpoint(path)
+    if newest is None:
+        raise FileNotFoundError(f"{path} holds neither {CONFIG_NAME} nor complete checkpoints/step_* folders")
+    return newest
+
+
+def training_task_map(path: str | os.PathLike, num_tasks: int, dataset: str | os.PathLike | None = None
+                      ) -> dict[str, int] | None:
+    """instruction -> task_index of the data a checkpoint was trained on: `dataset`, or the LeRobot dataset its
+    config.json names. None for a single-task policy whose config names none; a multi-task one raises."""
+    from driftkit.data import task_index_map
+
+    if dataset is None:
+        data = json.loads((Path(path) / CONFIG_NAME).read_text()).get("train", {}).get("data", {})
+        dataset = data["root"] if data.get("source") == "lerobot" and data.get("root") else None
+    if dataset is not None:
+        return task_index_map(dataset)
+    if num_tasks > 1:
+        raise ValueError(f"{path} was trained on several tasks but its config names no LeRobot dataset; pass "
+                         "--dataset DIR (the training data) to map tasks to task_index")
+    return None
+
+
 def read_train_config(path: str | os.PathLike) -> dict:
     """The TrainConfig dict stored in a checkpoint's config.json."""
     data = json.loads((Path(path) / CONFIG_NAME).read_text())
