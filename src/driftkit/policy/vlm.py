@@ -93,10 +93,7 @@ class VLMPolicyConfig(PolicyConfig):
             raise ValueError("a VLM policy needs at least one camera, and the dataset has none")
         if cfg.image_shape:
             return cfg
-        item = dataset[0]
-        missing = [k for k in cfg.cameras if k not in item]
-        if missing:
-            raise KeyError(f"model.cameras names {missing[0]!r}, but dataset items have {sorted(item)}")
+        item = dataset[0]  # the base class checked that every named camera is in the dataset
         shapes = {k: tuple(item[k].shape) for k in cfg.cameras}
         if len(set(shapes.values())) > 1:
             raise ValueError(f"the cameras have different image shapes {shapes}; use cameras of one size")
