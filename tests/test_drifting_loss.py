@@ -101,15 +101,23 @@ def test_action_dim_grouping_gives_each_dim_its_own_scale(gen):
     assert not torch.allclose(other(chunk_base), other(chunk_scaled), atol=1e-2)
 
 
-def test_loss_is_computed_in_float32_under_bf16_inputs(gen):
-    """Under bf16 autocast too (the guard turns autocast off for the statistics)."""
-    gen_x = torch.randn(2, 4, 3, 2, generator=gen).bfloat16().requires_grad_()
-    target = torch.randn(2, 3, 2, generator=gen).bfloat16()
+@pytest.mark.parametrize("grouping", ["action_dim", "chunk"])
+def test_loss_and_gradient_under_bf16_autocast_equal_the_float32_ones(gen, grouping):
+    """The autocast guard: under bf16 autocast the loss and its gradient are the ones computed in float32
+    without autocast from the same (bf16) values. Without the guard autocast runs the field's matmul in bf16,
+    and both move."""
+    gen_x = torch.randn(2, 8, 4, 3, generator=gen).bfloat16().requires_grad_()
+    target = torch.randn(2, 4, 3, generator=gen).bfloat16()
+    mask = torch.ones(2, 4, 3, dtype=torch.bool)
+    exact_x = gen_x.detach().float().requires_grad_()
+    exact = drifting_loss(exact_x, target, mask, grouping)
+    exact.backward()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = drifting_loss(gen_x, target, torch.ones(2, 3, 2, dtype=torch.bool))
-    assert loss.dtype == torch.float32
+        loss = drifting_loss(gen_x, target, mask, grouping)
     loss.backward()
-    assert gen_x.grad is not None and torch.isfinite(gen_x.grad.float()).all()
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
+    assert torch.equal(gen_x.grad, exact_x.grad.bfloat16())  # bf16 leaf: the float32 gradient, rounded once
 
 
 def test_unknown_grouping_is_named():

@@ -123,8 +123,11 @@ class Policy(nn.Module):
                 timer: StageTimer | None = None, temperature: float | None = None,
                 inpaint: Inpaint | None = None) -> Tensor:
         """obs -> [B, T, D]: one of K samples, the first (select None / "first"), or chosen by KeyStone or
-        the medoid (driftkit.selection), which needs num_samples >= 2 to matter. inpaint: real-time chunking,
-        as in sample() (one-step decoders return their samples closest to the prefix first)."""
+        the medoid (driftkit.selection), which needs num_samples >= 2 to matter. The selectors measure
+        distances in the decoder's normalised space, where every dimension has its own scale (as Drift-VLA
+        selects on normalised model outputs); the chosen sample is returned in action units. inpaint:
+        real-time chunking, as in sample() (one-step decoders return their samples closest to the prefix
+        first)."""
         if select not in SELECTORS:
             raise ValueError(f"got select={select!r}, must be one of {list(SELECTORS)}")
         check_positive("num_samples", num_samples)
@@ -133,9 +136,9 @@ class Policy(nn.Module):
             return samples[:, 0]
         from driftkit import selection
 
-        if select == "keystone":
-            return selection.keystone(samples, clusters=clusters).chunk
-        return selection.medoid(samples).chunk
+        normed = self.decoder.normalizer.normalize(samples)  # [B, K, T, D]
+        chosen = selection.keystone(normed, clusters=clusters) if select == "keystone" else selection.medoid(normed)
+        return samples[torch.arange(samples.shape[0], device=samples.device), chosen.index]
 
     # ---- training set-up -----------------------------------------------------------------------------------
     @classmethod

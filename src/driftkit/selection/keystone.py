@@ -1,7 +1,9 @@
 """KeyStone (Dai et al. 2026) and simpler selectors over K candidate chunks per observation.
 
 KeyStone: global medoid if the K samples look unimodal, else the medoid of the largest k-means cluster.
-Distances are L2 over the executed steps and real dims of each chunk, flattened.
+Distances are L2 over the executed steps and real dims of each chunk, flattened, in the units the samples
+come in: Policy.predict hands the selectors the decoder's normalised samples, where every dimension has its
+own scale (Drift-VLA selects on normalised model outputs), and returns the chosen sample in action units.
 """
 
 from __future__ import annotations
@@ -44,16 +46,17 @@ def best_of_k(samples: Tensor, target: Tensor) -> Selection:
 
 
 def _kmeans_labels(x: Tensor, clusters: int, iters: int = 10) -> Tensor:
-    """x [K, S] -> labels [K]; init = first C points, an empty cluster keeps its centroid."""
+    """x [K, S] -> labels [K] from the nearest centroid after `iters` Lloyd updates (init = first C points, an
+    empty cluster keeps its centroid). The labels are read after the last update, so they describe the
+    centroids k-means ends with, not the ones of the step before."""
     centroids = x[:clusters].clone()
-    labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for _ in range(iters):
         labels = torch.cdist(x, centroids).argmin(-1)
         for c in range(clusters):
             members = labels == c
             if members.any():
                 centroids[c] = x[members].mean(0)
-    return labels
+    return torch.cdist(x, centroids).argmin(-1)
 
 
 def _keystone_one(flat: Tensor, clusters: int, guard: float) -> int:
