@@ -95,9 +95,9 @@ def block_positions(inputs: PrefixInputs, slots: int) -> Tensor:
 # ---- the cache -----------------------------------------------------------------------------------------------
 class BlockCache(Cache):
     """A transformers Cache holding, per layer, one buffer [N, kv_heads, L + S, head_dim]: the prefix
-    keys/values (copied once, rows repeated for K samples) followed by S block slots. The attention layers call update(); it writes the block
-    slots of the current pass in place (`index` [N, m]: which slots the m queries are; None = all S in order)
-    and returns the whole buffer, so keys line up with the mask's columns [prefix | slot 0 .. S - 1]."""
+    keys/values (copied once, rows repeated for K samples) followed by S block slots. The attention layers
+    call update(); it writes the block slots of the current pass in place (`index` [N, m]: which slots the m
+    queries are; None = all S in order) and returns the whole buffer, so keys line up with the mask's columns [prefix | slot 0 .. S - 1]."""
 
     def __init__(self, prefix: PrefixState, slots: int, repeats: int = 1):
         if prefix.copies != 1:

@@ -4,6 +4,7 @@
     VLMPolicy     a VLM backbone over the cameras and the instruction             kind "vlm"
     FASTPolicy    a VLM's FAST tokens through its LM head, refined by a residual  kind "fast"
     ConditionPolicy  a decoder on a given condition vector (observation.state)    kind "cond"
+    DFMPolicy     discrete flow refinement of action-bin tokens through the VLM   kind "dfm"
 
     policy = make_policy(config)                     # any PolicyConfig subclass
     policy.save_pretrained(dir); load_policy(dir)    # one atomic directory format for every kind
@@ -12,6 +13,7 @@
 from driftkit.policy.base import POLICIES, Policy, read_policy_config, register_policy
 from driftkit.policy.condition import ConditionPolicy, ConditionPolicyConfig
 from driftkit.policy.config import PolicyConfig
+from driftkit.policy.dfm import DFMPolicy, DFMPolicyConfig
 from driftkit.policy.fast import FASTPolicy, FASTPolicyConfig
 from driftkit.policy.state import StatePolicy, StatePolicyConfig
 from driftkit.policy.vlm import VLMPolicy, VLMPolicyConfig
@@ -37,6 +39,8 @@ __all__ = [
     "CONFIGS",
     "ConditionPolicy",
     "ConditionPolicyConfig",
+    "DFMPolicy",
+    "DFMPolicyConfig",
     "FASTPolicy",
     "FASTPolicyConfig",
     "POLICIES",
