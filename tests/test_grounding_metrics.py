@@ -1,6 +1,7 @@
 """Grounding metrics against hand-computed IoUs, a rasterised oracle, and the field's inclusive thresholds."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from driftkit.grounding import (
     GroundingScores,
+    InvalidPredictionWarning,
     box_iou,
     recall_at_iou,
     score_boxes,
@@ -112,7 +114,8 @@ def test_invalid_box_scores_zero(bad):
 def test_score_moments_hand_computed_with_invalid_predictions():
     gt = [[1.0, 2.0], [0.0, 4.0], [0.0, 1.0], [0.0, 1.0]]
     pred = [[0.0, 2.0], [0.0, 4.0], [NAN, 0.5], [0.9, 0.1]]  # IoU 0.5, 1, invalid, invalid (end < start)
-    scores = score_moments(pred, gt)
+    with pytest.warns(InvalidPredictionWarning, match=r"2 of 4 moment predictions \(50 %\) .* end < start"):
+        scores = score_moments(pred, gt)
     assert scores.num_examples == 4 and scores.num_invalid == 2
     assert scores.mean_iou == pytest.approx(0.375)
     assert scores.recall == {0.3: 0.5, 0.5: 0.5, 0.7: 0.25}
@@ -127,6 +130,49 @@ def test_thresholds_are_inclusive_at_exact_iou():
     gt_b = [[0, 0, 2, 1], [0, 0, 4, 1], [0, 0, 10, 1]]
     pred_b = [[1, 0, 2, 1], [0, 0, 3, 1], [0, 0, 9, 1]]
     assert score_boxes(pred_b, gt_b).recall == {0.5: 1.0, 0.75: 2 / 3, 0.9: 1 / 3}
+
+
+def test_strict_thresholds_need_iou_above_m():
+    # The same exact IoUs of 3/10, 5/10, 7/10: with strict=True (2D-TAN's IoU > m) none counts at its own m.
+    gt = [[0.0, 10.0]] * 3
+    pred = [[0.0, 3.0], [0.0, 5.0], [0.0, 7.0]]
+    scores = score_moments(pred, gt, strict=True)
+    assert scores.recall == {0.3: 2 / 3, 0.5: 1 / 3, 0.7: 0.0} and scores.strict
+    assert scores.columns() == ["R@1 IoU>0.3", "R@1 IoU>0.5", "R@1 IoU>0.7", "mIoU"]
+    assert recall_at_iou([0.5, 0.6], [0.5], strict=True) == {0.5: 0.5}
+    box = score_boxes([[1, 0, 2, 1]], [[0, 0, 2, 1]], thresholds=[0.5], strict=True)  # IoU exactly 1/2
+    assert box.recall == {0.5: 0.0} and box.columns() == ["Acc@>0.5", "mIoU"] and box.to_dict()["strict"]
+
+
+def _xyxy_boxes(n: int, seed: int = 0) -> np.ndarray:  # [n, 4], small boxes away from the origin, as RefCOCO's
+    rng = np.random.default_rng(seed)
+    x1y1 = rng.uniform(100, 400, size=(n, 2))
+    return np.concatenate([x1y1, x1y1 + rng.uniform(10, 80, size=(n, 2))], axis=-1)
+
+
+def test_xywh_predictions_warn_and_name_the_mixup():
+    gt = _xyxy_boxes(20)
+    xywh = np.concatenate([gt[:, :2], gt[:, 2:] - gt[:, :2]], axis=-1)  # perfect boxes in COCO's layout
+    with pytest.warns(InvalidPredictionWarning) as got:
+        scores = score_boxes(xywh, gt)
+    assert scores.num_invalid == 20 and scores.mean_iou == 0.0
+    (message,) = [str(w.message) for w in got]
+    assert message.startswith("20 of 20 box predictions (100 %) are not finite or have x2 < x1 or y2 < y1")
+    assert "[x, y, w, h], convert them (x2 = x + w, y2 = y + h)" in message
+    assert "they score mIoU 1.000 instead of 0.000" in message
+    assert got[0].filename == __file__  # points at the caller, not at metrics.py
+
+
+def test_few_invalid_predictions_do_not_warn():
+    gt = _xyxy_boxes(10)
+    pred = gt.copy()
+    pred[0, 2] = pred[0, 0] - 1.0  # 1 of 10 invalid: at the 10 % limit, not above it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InvalidPredictionWarning)
+        assert score_boxes(pred, gt).num_invalid == 1
+    pred[1, 3] = pred[1, 1] - 1.0  # 2 of 10
+    with pytest.warns(InvalidPredictionWarning, match="2 of 10 box predictions"):
+        score_boxes(pred, gt)
 
 
 def test_score_accepts_decoder_target_shape():

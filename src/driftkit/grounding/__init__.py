@@ -11,25 +11,41 @@ from driftkit.grounding.metrics import (
     BOX_THRESHOLDS,
     MOMENT_THRESHOLDS,
     GroundingScores,
+    InvalidPredictionWarning,
     box_iou,
     recall_at_iou,
     score_boxes,
     score_moments,
     temporal_iou,
 )
-from driftkit.grounding.records import OUT_OF_RANGE, BoxRecord, GroundingDataError, MomentRecord, stack_targets
+from driftkit.grounding.records import (
+    INVALID,
+    OUT_OF_RANGE,
+    PIXEL_TOLERANCE,
+    TIME_TOLERANCE,
+    BoxRecord,
+    GroundingDataError,
+    GroundingDataWarning,
+    MomentRecord,
+    stack_targets,
+)
 from driftkit.grounding.refcoco import REF_SPLITS, load_refcoco, load_refer
 from driftkit.grounding.temporal import load_activitynet_captions, load_charades_sta, load_durations
 
 __all__ = [
     "BOX_THRESHOLDS",
+    "INVALID",
     "MOMENT_THRESHOLDS",
     "OUT_OF_RANGE",
+    "PIXEL_TOLERANCE",
     "REF_SPLITS",
     "BoxRecord",
     "GroundingDataError",
+    "GroundingDataWarning",
     "GroundingScores",
+    "InvalidPredictionWarning",
     "MomentRecord",
+    "TIME_TOLERANCE",
     "box_iou",
     "load_activitynet_captions",
     "load_charades_sta",

@@ -4,21 +4,32 @@ Temporal grounding (Charades-STA, ActivityNet-Captions): "R@1, IoU=m" is the per
 prediction has temporal IoU >= m with the ground truth, m in {0.3, 0.5, 0.7}; mIoU is the mean IoU.
 Referring expressions (RefCOCO/+/g): "Acc@0.5" is the percentage of expressions whose predicted box has
 IoU >= 0.5 with the ground truth box (0.75 and 0.9 for stricter tables); mIoU is the mean IoU.
+strict=True counts a hit only when IoU > m, as 2D-TAN's evaluation does (it differs only at exact ties).
 
 IoU is continuous (no +1 pixel convention), so it is the same in seconds or fractions of the duration, in
 pixels or normalised coordinates. A prediction that is not finite, or has end < start (x2 < x1 or y2 < y1),
 scores IoU 0 and counts as a miss; two intervals or boxes whose union is empty also score 0.
+When more than INVALID_WARNING_FRACTION of the predictions are invalid, score_* warns
+(InvalidPredictionWarning): that many is the sign of a layout mix-up, most often COCO [x, y, w, h] boxes
+passed where [x1, y1, x2, y2] is expected.
 Inputs may be numpy arrays, torch tensors or nested lists; results are numpy float64.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 MOMENT_THRESHOLDS = (0.3, 0.5, 0.7)
 BOX_THRESHOLDS = (0.5, 0.75, 0.9)
+INVALID_WARNING_FRACTION = 0.1
+"""score_* warns when more than this fraction of the predictions is invalid (scored IoU 0)."""
+
+
+class InvalidPredictionWarning(UserWarning):
+    """Many predictions were not finite or had end < start; they likely use another layout (xywh)."""
 
 
 def _array(x) -> np.ndarray:
@@ -64,13 +75,17 @@ def box_iou(a, b) -> np.ndarray:
     return _iou(_array(a), _array(b), dims=2)
 
 
-def recall_at_iou(ious, thresholds) -> dict[float, float]:
-    """{m: fraction of ious >= m} for ious [N] (top-1) or [N, K] (a hit if any of the K reaches m: R@K)."""
+def recall_at_iou(ious, thresholds, strict: bool = False) -> dict[float, float]:
+    """{m: fraction of ious >= m} for ious [N] (top-1) or [N, K] (a hit if any of the K reaches m: R@K).
+
+    strict: count IoU > m instead of IoU >= m (2D-TAN's convention).
+    """
     ious = _array(ious)
     if ious.ndim not in (1, 2) or ious.shape[0] == 0:
         raise ValueError(f"ious has shape {list(ious.shape)}, expected [N] or [N, K] with N > 0")
     best = ious if ious.ndim == 1 else ious.max(axis=1)
-    return {float(m): float((best >= m).mean()) for m in thresholds}
+    hit = np.greater if strict else np.greater_equal
+    return {float(m): float(hit(best, m).mean()) for m in thresholds}
 
 
 @dataclass
@@ -84,10 +99,15 @@ class GroundingScores:
     """Predictions that were not finite or had end < start; each counted as IoU 0."""
     mean_iou: float
     recall: dict[float, float] = field(default_factory=dict)
-    """IoU threshold m -> fraction of examples with IoU >= m."""
+    """IoU threshold m -> fraction of examples with IoU >= m (IoU > m when strict)."""
+    strict: bool = False
+    """Whether a hit needed IoU > m rather than IoU >= m; the column labels say which."""
 
     def columns(self) -> list[str]:
-        label = "R@1 IoU={:g}" if self.kind == "moment" else "Acc@{:g}"
+        if self.kind == "moment":
+            label = "R@1 IoU>{:g}" if self.strict else "R@1 IoU={:g}"
+        else:
+            label = "Acc@>{:g}" if self.strict else "Acc@{:g}"
         return [label.format(m) for m in sorted(self.recall)] + ["mIoU"]
 
     def percentages(self) -> list[float]:
@@ -117,24 +137,55 @@ def _pairs(x, width: int, name: str) -> np.ndarray:  # [N, width] or [N, 1, widt
     return x
 
 
-def _score(kind: str, pred, gt, thresholds, width: int) -> GroundingScores:
+_LAYOUT = {"moment": "[start, end]", "box": "[x1, y1, x2, y2]"}
+_FLIPPED = {"moment": "end < start", "box": "x2 < x1 or y2 < y1"}
+
+
+def _xywh_to_xyxy(x: np.ndarray) -> np.ndarray:  # [N, 4] -> [N, 4]
+    return np.concatenate([x[:, :2], x[:, :2] + x[:, 2:]], axis=-1)
+
+
+def _warn_invalid(kind: str, pred: np.ndarray, gt: np.ndarray, num_invalid: int, mean_iou: float) -> None:
+    """InvalidPredictionWarning when over INVALID_WARNING_FRACTION of pred is invalid, naming the likely cause."""
+    n = pred.shape[0]
+    if num_invalid <= INVALID_WARNING_FRACTION * n:
+        return
+    message = (f"{num_invalid} of {n} {kind} predictions ({100 * num_invalid / n:.0f} %) are not finite or have "
+               f"{_FLIPPED[kind]}, and score IoU 0; predictions must be {_LAYOUT[kind]}")
+    if kind == "box":
+        as_xywh = float(_iou(_xywh_to_xyxy(pred), gt, dims=2).mean())
+        message += (f". If they are COCO-style [x, y, w, h], convert them (x2 = x + w, y2 = y + h): read that way "
+                    f"they score mIoU {as_xywh:.3f} instead of {mean_iou:.3f}")
+    warnings.warn(message, InvalidPredictionWarning, stacklevel=4)  # the caller of score_moments/score_boxes
+
+
+def _score(kind: str, pred, gt, thresholds, width: int, strict: bool) -> GroundingScores:
     pred, gt = _pairs(pred, width, "pred"), _pairs(gt, width, "gt")
     if pred.shape[0] != gt.shape[0]:
         raise ValueError(f"pred has {pred.shape[0]} examples but gt has {gt.shape[0]}")
     bad_gt = ~_valid(gt)
     if bad_gt.any():
         i = int(np.flatnonzero(bad_gt)[0])
-        raise ValueError(f"gt[{i}] = {gt[i].tolist()} is not a valid {kind} (non-finite or end < start)")
+        raise ValueError(f"gt[{i}] = {gt[i].tolist()} is not a valid {kind} {_LAYOUT[kind]} (non-finite or "
+                         f"{_FLIPPED[kind]})")
     ious = _iou(pred, gt, dims=width // 2)
-    return GroundingScores(kind=kind, num_examples=int(gt.shape[0]), num_invalid=int((~_valid(pred)).sum()),
-                           mean_iou=float(ious.mean()), recall=recall_at_iou(ious, thresholds))
+    num_invalid, mean_iou = int((~_valid(pred)).sum()), float(ious.mean())
+    _warn_invalid(kind, pred, gt, num_invalid, mean_iou)
+    return GroundingScores(kind=kind, num_examples=int(gt.shape[0]), num_invalid=num_invalid, mean_iou=mean_iou,
+                           recall=recall_at_iou(ious, thresholds, strict), strict=strict)
 
 
-def score_moments(pred, gt, thresholds=MOMENT_THRESHOLDS) -> GroundingScores:
-    """R@1 at each IoU threshold and mIoU: pred, gt [N, 2] or [N, 1, 2] as [start, end] (same units)."""
-    return _score("moment", pred, gt, thresholds, width=2)
+def score_moments(pred, gt, thresholds=MOMENT_THRESHOLDS, strict: bool = False) -> GroundingScores:
+    """R@1 at each IoU threshold and mIoU: pred, gt [N, 2] or [N, 1, 2] as [start, end] (same units).
+
+    strict: a hit needs IoU > m (2D-TAN) instead of IoU >= m.
+    """
+    return _score("moment", pred, gt, thresholds, width=2, strict=strict)
 
 
-def score_boxes(pred, gt, thresholds=BOX_THRESHOLDS) -> GroundingScores:
-    """Acc at each IoU threshold and mIoU: pred, gt [N, 4] or [N, 1, 4] as [x1, y1, x2, y2] (same units)."""
-    return _score("box", pred, gt, thresholds, width=4)
+def score_boxes(pred, gt, thresholds=BOX_THRESHOLDS, strict: bool = False) -> GroundingScores:
+    """Acc at each IoU threshold and mIoU: pred, gt [N, 4] or [N, 1, 4] as [x1, y1, x2, y2] (same units).
+
+    strict: a hit needs IoU > m instead of IoU >= m.
+    """
+    return _score("box", pred, gt, thresholds, width=4, strict=strict)

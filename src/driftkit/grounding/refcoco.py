@@ -9,22 +9,27 @@ The released data (the `refer` toolkit's layout) per dataset folder:
 
 RefCOCO and RefCOCO+ use the "unc" split (train, val, testA, testB); RefCOCOg the "umd" split (train, val,
 test) or the older "google" one (train, val). Boxes come out as [x1, y1, x2, y2] in pixels.
+
+By default (invalid="drop", out_of_range="clip"; see driftkit.grounding.records) a ref whose annotation is
+missing or has an empty box is dropped with its sentences, a sentence without text is dropped, and a box that
+leaves the image by more than PIXEL_TOLERANCE is clipped; one GroundingDataWarning counts them.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
 from driftkit.grounding.records import (
+    PIXEL_TOLERANCE,
     BoxRecord,
     GroundingDataError,
-    check_out_of_range,
+    LoadReport,
     fit_interval,
     parse_float,
+    read_json,
     require_file,
 )
 
@@ -62,10 +67,7 @@ def _py2_text(s: str) -> str:
 
 def _index_instances(path: Path) -> tuple[dict, dict]:
     """({image_id: image dict}, {ann_id: annotation dict}) from a COCO instances.json."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise GroundingDataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise GroundingDataError(f"{path}: expected a COCO object with 'images' and 'annotations' lists")
@@ -81,8 +83,8 @@ def _index_instances(path: Path) -> tuple[dict, dict]:
     return indexed[0], indexed[1]
 
 
-def _pixel_box(ann: dict, image: dict, where: str, out_of_range: str) -> tuple[float, float, float, float]:
-    """COCO [x, y, w, h] -> [x1, y1, x2, y2], checked (or clipped) to lie within the image."""
+def _pixel_box(ann: dict, image: dict, where: str, report: LoadReport) -> tuple[tuple[float, ...], float]:
+    """(COCO [x, y, w, h] -> [x1, y1, x2, y2] checked or clipped to the image, how far it overran the image)."""
     bbox = ann["bbox"]
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         raise GroundingDataError(f"{where}: annotation {ann['id']} bbox must be [x, y, w, h], got {bbox!r}")
@@ -92,9 +94,10 @@ def _pixel_box(ann: dict, image: dict, where: str, out_of_range: str) -> tuple[f
     width = parse_float(image["width"], where, f"image {image['id']} width")
     height = parse_float(image["height"], where, f"image {image['id']} height")
     what = f"annotation {ann['id']} box"
-    x1, x2 = fit_interval(x, x + w, width, out_of_range, where, what + f" x-range (image width {width:g})")
-    y1, y2 = fit_interval(y, y + h, height, out_of_range, where, what + f" y-range (image height {height:g})")
-    return x1, y1, x2, y2
+    mode, tol = report.out_of_range, report.tolerance
+    x1, x2 = fit_interval(x, x + w, width, mode, where, what + f" x-range (image width {width:g})", tol)
+    y1, y2 = fit_interval(y, y + h, height, mode, where, what + f" y-range (image height {height:g})", tol)
+    return (x1, y1, x2, y2), max(-x, x + w - width, -y, y + h - height)
 
 
 def _parse_splits(splits: str | Sequence[str] | None) -> set[str] | None:
@@ -107,9 +110,8 @@ def _parse_splits(splits: str | Sequence[str] | None) -> set[str] | None:
     return wanted
 
 
-def _ref_records(ref, index: int, refs_path: Path, images: dict, anns: dict, text_key: str,
-                 out_of_range: str) -> list[BoxRecord]:
-    where = f"{refs_path}[ref {index}]"
+def _ref_box(ref, where: str, images: dict, anns: dict, report: LoadReport) -> tuple[dict, dict, tuple, float]:
+    """(image, annotation, [x1, y1, x2, y2], overrun) of one ref, or GroundingDataError naming what is wrong."""
     missing = [k for k in REF_KEYS if not isinstance(ref, dict) or k not in ref]
     if missing:
         raise GroundingDataError(f"{where}: ref lacks {missing}")
@@ -121,34 +123,44 @@ def _ref_records(ref, index: int, refs_path: Path, images: dict, anns: dict, tex
     if ann.get("image_id", ref["image_id"]) != ref["image_id"]:
         raise GroundingDataError(f"{where}: ann {ref['ann_id']} belongs to image {ann['image_id']}, "
                                  f"not {ref['image_id']}")
-    box = _pixel_box(ann, image, where, out_of_range)
-    sentences = ref["sentences"]
-    if not isinstance(sentences, list) or not sentences:
-        raise GroundingDataError(f"{where}: 'sentences' must be a non-empty list, got {sentences!r}")
+    if not isinstance(ref["sentences"], list) or not ref["sentences"]:
+        raise GroundingDataError(f"{where}: 'sentences' must be a non-empty list, got {ref['sentences']!r}")
+    return image, ann, *_pixel_box(ann, image, where, report)
+
+
+def _ref_records(ref, where: str, images: dict, anns: dict, text_key: str, report: LoadReport
+                 ) -> list[BoxRecord]:
+    """One BoxRecord per usable sentence of a ref; a bad ref raises, a bad sentence goes to the report."""
+    image, ann, box, overrun = _ref_box(ref, where, images, anns, report)
     records = []
-    for j, sent in enumerate(sentences):
+    for j, sent in enumerate(ref["sentences"]):
         at = f"{where}.sentences[{j}]"
         text = sent.get(text_key) if isinstance(sent, dict) else None
         if not isinstance(text, str) or not text.strip():
-            raise GroundingDataError(f"{at}: needs a non-empty string {text_key!r}, got {sent!r}")
+            report.drop(GroundingDataError(f"{at}: needs a non-empty string {text_key!r}, got {sent!r}"))
+            continue
         records.append(BoxRecord(
             image_id=ref["image_id"], file_name=str(image["file_name"]), query=_py2_text(text.strip()),
             box=box, width=float(image["width"]), height=float(image["height"]), split=ref["split"],
             ref_id=ref["ref_id"], ann_id=ref["ann_id"], sent_id=sent.get("sent_id"),
             category_id=ref.get("category_id", ann.get("category_id")), source=at,
         ))
+        report.note_overrun(overrun)  # once per record, whichever axes were clipped
     return records
 
 
 def load_refcoco(refs: str | Path, instances: str | Path, splits: str | Sequence[str] | None = None,
-                 out_of_range: str = "raise", text_key: str = "sent") -> list[BoxRecord]:
-    """One BoxRecord per (ref, sentence) in the given splits (None = all), in refs-file order.
+                 out_of_range: str = "clip", text_key: str = "sent", invalid: str = "drop",
+                 tolerance: float = PIXEL_TOLERANCE) -> list[BoxRecord]:
+    """One BoxRecord per valid (ref, sentence) in the given splits (None = all), in refs-file order.
 
     splits: a name or names among REF_SPLITS; asking for one the file does not contain is an error.
-    out_of_range: "raise" or "clip" for boxes that leave the image. text_key: "sent" (lower-cased,
-    tokenised; what the field evaluates on) or "raw".
+    out_of_range: "clip" (default) or "raise" for boxes that leave the image by more than `tolerance`
+    pixels. invalid: "drop" (default) or "raise" for a malformed ref (its sentences go with it) or sentence.
+    text_key: "sent" (lower-cased, tokenised; what the field evaluates on) or "raw".
     """
-    check_out_of_range(out_of_range)
+    report = LoadReport(Path(refs), invalid, out_of_range, tolerance, unit=("entry", "entries"), kind="boxes",
+                        limits="the image", measure="px")
     wanted = _parse_splits(splits)
     refs_path = require_file(refs, "refs pickle (refs(unc).p / refs(umd).p)")
     images, anns = _index_instances(require_file(instances, "COCO instances.json"))
@@ -160,7 +172,11 @@ def load_refcoco(refs: str | Path, instances: str | Path, splits: str | Sequence
     records = []
     for index, ref in enumerate(ref_list):
         if wanted is None or (isinstance(ref, dict) and ref.get("split") in wanted):
-            records.extend(_ref_records(ref, index, refs_path, images, anns, text_key, out_of_range))
+            try:
+                records.extend(_ref_records(ref, f"{refs_path}[ref {index}]", images, anns, text_key, report))
+            except GroundingDataError as e:
+                report.drop(e)
+    report.finish(len(records))
     return records
 
 

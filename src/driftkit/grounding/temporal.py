@@ -10,21 +10,29 @@ and `length`), from a json {video_id: seconds}, or from a dict.
 ActivityNet-Captions (train.json, val_1.json, val_2.json):
 
     {"v_QOlSCBRmfWY": {"duration": 82.73, "timestamps": [[0.83, 19.86], ...], "sentences": [" A woman ...", ...]}}
+
+What the released files hold, and what the defaults (invalid="drop", out_of_range="clip") do with it
+(counts from the copies microsoft/2D-TAN ships): charades_sta_train.txt has 4 lines with end < start (dropped,
+as 2D-TAN drops them) and ~15 % of Charades-STA ends run past the csv length (median 0.9 s, up to 1.5 s:
+clipped); ActivityNet train.json has 2 timestamps with end < start and 2 empty ones (dropped), and ends past
+the duration by ~1e-14 s (within TIME_TOLERANCE: snapped) or by 0.01 s (clipped). Files may start with a UTF-8
+byte-order mark.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from driftkit.grounding.records import (
+    TIME_TOLERANCE,
     GroundingDataError,
+    LoadReport,
     MomentRecord,
-    check_out_of_range,
-    fit_interval,
     parse_float,
+    read_json,
+    read_text,
     require_file,
 )
 
@@ -32,17 +40,8 @@ DurationSource = str | Path | Mapping[str, float] | Sequence[str | Path]
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise GroundingDataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise GroundingDataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    # Only \n (and \r\n) end a line: str.splitlines would also split on \u2028, \x1c... inside a sentence.
+    return [line.removesuffix("\r") for line in read_text(path).split("\n")]
 
 
 def _check_duration(value, where: str, video_id: str) -> float:
@@ -54,7 +53,7 @@ def _check_duration(value, where: str, video_id: str) -> float:
 
 def _durations_from_csv(path: Path) -> dict[str, float]:
     # Charades_v1 csvs quote fields that hold commas (scripts, descriptions): a csv reader, not str.split.
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
         if "id" not in cols or "length" not in cols:
@@ -82,7 +81,7 @@ def load_durations(source: DurationSource) -> dict[str, float]:
     path = require_file(source, "video duration file")
     if path.suffix.lower() != ".json":
         return _durations_from_csv(path)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise GroundingDataError(f"{path}: expected a JSON object {{video_id: seconds}}, got {type(data).__name__}")
     return {str(k): _check_duration(v, f"{path}: key {k!r}", str(k)) for k, v in data.items()}
@@ -100,14 +99,16 @@ def _parse_charades_line(line: str, where: str) -> tuple[str, float, float, str]
     return video_id, parse_float(start, where, "start"), parse_float(end, where, "end"), sentence
 
 
-def load_charades_sta(annotations: str | Path, durations: DurationSource, out_of_range: str = "raise"
-                      ) -> list[MomentRecord]:
-    """One MomentRecord per non-blank line of a Charades-STA annotation file, in file order.
+def load_charades_sta(annotations: str | Path, durations: DurationSource, out_of_range: str = "clip",
+                      invalid: str = "drop", tolerance: float = TIME_TOLERANCE) -> list[MomentRecord]:
+    """One MomentRecord per valid non-blank line of a Charades-STA annotation file, in file order.
 
-    durations: see load_durations. out_of_range: "raise" or "clip" for moments outside [0, duration]
-    (a few Charades-STA ends overrun the csv length slightly; evaluation code in the field clips them).
+    durations: see load_durations; a video missing from them is always an error (the inputs do not match).
+    invalid: "drop" (default) or "raise" for lines that do not parse or have end <= start.
+    out_of_range: "clip" (default) or "raise" for moments past [0, duration] by more than `tolerance` seconds.
+    What was dropped or clipped is counted in one GroundingDataWarning (see driftkit.grounding.records).
     """
-    check_out_of_range(out_of_range)
+    report = LoadReport(Path(annotations), invalid, out_of_range, tolerance)
     path = require_file(annotations, "Charades-STA annotation file")
     lengths = load_durations(durations)
     records = []
@@ -115,17 +116,22 @@ def load_charades_sta(annotations: str | Path, durations: DurationSource, out_of
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        video_id, start, end, sentence = _parse_charades_line(line, where)
-        if video_id not in lengths:
-            raise GroundingDataError(f"{where}: no duration given for video {video_id!r}")
-        duration = lengths[video_id]
-        start, end = fit_interval(start, end, duration, out_of_range, where, "moment")
-        records.append(MomentRecord(video_id, sentence, start, end, duration, where))
+        try:
+            video_id, start, end, sentence = _parse_charades_line(line, where)
+            if video_id not in lengths:
+                raise GroundingDataError(f"{where}: no duration given for video {video_id!r} (the durations "
+                                         f"do not cover this file; pass the csv of its split)", droppable=False)
+            start, end = report.fit(start, end, lengths[video_id], where, "moment")
+        except GroundingDataError as e:
+            report.drop(e)
+            continue
+        records.append(MomentRecord(video_id, sentence, start, end, lengths[video_id], where))
+    report.finish(len(records))
     return records
 
 
-def _activitynet_video(path: Path, video_id: str, entry, out_of_range: str) -> list[MomentRecord]:
-    where = f"{path}: video {video_id!r}"
+def _activitynet_entry(video_id: str, entry, where: str) -> tuple[float, list, list]:
+    """(duration, timestamps, sentences) of one video's entry, checked for shape."""
     if not isinstance(entry, dict) or not {"duration", "timestamps", "sentences"} <= entry.keys():
         got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         raise GroundingDataError(f"{where}: needs keys 'duration', 'timestamps', 'sentences', got {got}")
@@ -137,31 +143,45 @@ def _activitynet_video(path: Path, video_id: str, entry, out_of_range: str) -> l
             f"{len(stamps) if isinstance(stamps, list) else stamps!r} and "
             f"{len(sentences) if isinstance(sentences, list) else sentences!r}"
         )
-    records = []
-    for i, (stamp, sentence) in enumerate(zip(stamps, sentences)):
-        at = f"{path}:{video_id}[{i}]"
-        if not isinstance(stamp, (list, tuple)) or len(stamp) != 2:
-            raise GroundingDataError(f"{at}: timestamp must be [start, end], got {stamp!r}")
-        if not isinstance(sentence, str) or not sentence.strip():
-            raise GroundingDataError(f"{at}: sentence must be a non-empty string, got {sentence!r}")
-        start, end = parse_float(stamp[0], at, "start"), parse_float(stamp[1], at, "end")
-        start, end = fit_interval(start, end, duration, out_of_range, at, "moment")
-        records.append(MomentRecord(video_id, sentence.strip(), start, end, duration, at))
-    return records
+    return duration, stamps, sentences
 
 
-def load_activitynet_captions(annotations: str | Path, out_of_range: str = "raise") -> list[MomentRecord]:
-    """One MomentRecord per (video, sentence) of an ActivityNet-Captions json, in file order.
+def _activitynet_moment(video_id: str, duration: float, stamp, sentence, at: str, report: LoadReport
+                        ) -> MomentRecord:
+    if not isinstance(stamp, (list, tuple)) or len(stamp) != 2:
+        raise GroundingDataError(f"{at}: timestamp must be [start, end], got {stamp!r}")
+    if not isinstance(sentence, str) or not sentence.strip():
+        raise GroundingDataError(f"{at}: sentence must be a non-empty string, got {sentence!r}")
+    start, end = parse_float(stamp[0], at, "start"), parse_float(stamp[1], at, "end")
+    start, end = report.fit(start, end, duration, at, "moment")
+    return MomentRecord(video_id, sentence.strip(), start, end, duration, at)
 
-    out_of_range: "raise" or "clip" for timestamps outside [0, duration] (the released files have some
-    that overrun the duration).
+
+def load_activitynet_captions(annotations: str | Path, out_of_range: str = "clip", invalid: str = "drop",
+                              tolerance: float = TIME_TOLERANCE) -> list[MomentRecord]:
+    """One MomentRecord per valid (video, sentence) of an ActivityNet-Captions json, in file order.
+
+    invalid: "drop" (default) or "raise" for a malformed video entry or timestamp, or one with end <= start.
+    out_of_range: "clip" (default) or "raise" for timestamps past [0, duration] by more than `tolerance`
+    seconds. What was dropped or clipped is counted in one GroundingDataWarning.
     """
-    check_out_of_range(out_of_range)
+    report = LoadReport(Path(annotations), invalid, out_of_range, tolerance, unit=("entry", "entries"))
     path = require_file(annotations, "ActivityNet-Captions annotation file")
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise GroundingDataError(f"{path}: expected a JSON object {{video_id: {{...}}}}, got {type(data).__name__}")
     records = []
     for video_id, entry in data.items():
-        records.extend(_activitynet_video(path, video_id, entry, out_of_range))
+        try:
+            duration, stamps, sentences = _activitynet_entry(video_id, entry, f"{path}: video {video_id!r}")
+        except GroundingDataError as e:
+            report.drop(e)
+            continue
+        for i, (stamp, sentence) in enumerate(zip(stamps, sentences)):
+            try:
+                records.append(_activitynet_moment(video_id, duration, stamp, sentence, f"{path}:{video_id}[{i}]",
+                                                   report))
+            except GroundingDataError as e:
+                report.drop(e)
+    report.finish(len(records))
     return records
