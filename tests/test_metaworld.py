@@ -167,7 +167,7 @@ def test_library_import_does_not_import_metaworld():
 
 
 def test_detour_via_point_geometry():
-    from driftkit.envs.collect import detour_via_point
+    from driftkit.envs.routes import detour_via_point
 
     state = np.zeros(39, np.float32)
     state[0:3] = [0.0, 0.6, 0.2]  # hand

@@ -46,6 +46,8 @@ def eval_command(
     out: Path = typer.Option(..., help="Folder for results.json, results.md, success_vs_latency.png."),
     dataset: Path = typer.Option(None, help="Training dataset (for its task_index map); default: the one in "
                                  "each checkpoint's config.json."),
+    workers: int = typer.Option(1, help="Processes to spread the (checkpoint, task, seed) units over, one torch "
+                                "thread each (rendering is single-threaded: use one per core)."),
 ) -> None:
     """Evaluate checkpoints on Meta-World and write results.json, results.md and a success-vs-latency plot."""
     from driftkit.eval import EvalConfig, evaluate
@@ -61,7 +63,10 @@ def eval_command(
     policies = [load_policy(path) for path in checkpoint]
     labels = _labels(policies, checkpoint)
     task_maps = {label: _task_map(path, p, dataset) for label, path, p in zip(labels, checkpoint, policies)}
-    results = evaluate(dict(zip(labels, policies)), cfg, out, task_maps=task_maps)
+    if workers < 1:
+        raise typer.BadParameter(f"got --workers {workers}, must be >= 1")
+    runs = dict(zip(labels, checkpoint if workers > 1 else policies))
+    results = evaluate(runs, cfg, out, task_maps=task_maps, workers=workers)
     for row in results["summary"]:
         if row["group"] == "all":
             typer.echo(f"{row['decoder']:<24} success {100 * row['success_rate']:.1f}% "

@@ -2,10 +2,10 @@
 
 Two options make the demonstrations less trivial to imitate:
 - noise_std: Gaussian noise added to every executed action (the noisy action is what is recorded).
-- alt_path_prob: with this probability an episode first moves the hand to a via-point beside the straight
-  line from the hand to its first target (the object, or the goal for reach tasks), on the left or the right
-  with equal odds, and only then hands control to the expert. The same observation can then be followed by
-  a left detour, a right detour or the direct path: the action distribution is multimodal.
+- alt_path_prob: with this probability an episode first follows a left or a right route (equal odds) and only
+  then hands control to the expert: a via-point beside the straight line from the hand to its first target, or,
+  on the wall tasks, a path round one end of the wall (driftkit.envs.routes). The same observation can then be
+  followed by a left route, a right route or the expert's own path: the action distribution is multimodal.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from driftkit.data import Feature, LeRobotWriter
+from driftkit.envs.routes import RouteFollower, route_waypoints
 from driftkit.envs.tasks import resolve_tasks
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 IMAGE_KEY = "observation.images.corner2"
 FPS = 80  # Meta-World's control frequency (frame_skip 5 at dt 0.0025)
-_DETOUR_GAIN = 10.0
-_DETOUR_REACHED = 0.02  # metres
-_DETOUR_MAX_STEPS = 40
 
 
 @dataclass
@@ -38,7 +36,7 @@ class CollectConfig:
     alt_path_prob: float = 0.0
     """Probability that an episode starts with a left or right detour."""
     detour_offset: float = 0.12
-    """Sideways distance (metres) of the detour via-point from the straight path."""
+    """Sideways distance (metres) of the detour via-point from the straight path (not used by wall routes)."""
     max_steps: int = 300
     """Step limit of an episode; episodes end at the first success."""
     success_only: bool = True
@@ -72,7 +70,7 @@ class EpisodeRecord:
     states: np.ndarray  # [N, 39]
     actions: np.ndarray  # [N, 4]
     images: np.ndarray | None  # [N, H, W, 3]
-    via_point: np.ndarray | None  # [3]
+    via_point: np.ndarray | None  # [3] the route's first waypoint
 
 
 @dataclass
@@ -84,35 +82,15 @@ class CollectSummary:
     """Detour side of every kept episode, in dataset order."""
 
 
-def detour_via_point(state: np.ndarray, task: str, side: int, offset: float) -> np.ndarray:
-    """Halfway along the hand's straight path to its first target, shifted `offset` metres sideways in
-    the table plane (side -1 = left of the direction of travel, +1 = right)."""
-    hand = state[0:3].astype(np.float64)
-    target = state[36:39] if task.startswith("reach") else state[4:7]
-    direction = target[:2] - hand[:2]
-    norm = np.linalg.norm(direction)
-    direction = direction / norm if norm > 1e-6 else np.array([0.0, 1.0])
-    left = np.array([-direction[1], direction[0]])
-    via = hand.copy()
-    via[:2] = hand[:2] + 0.5 * (target[:2] - hand[:2]) - side * offset * left
-    return via
-
-
 def run_demo(env, expert, cfg: CollectConfig, rng: np.random.Generator) -> EpisodeRecord:
-    """One episode: optional detour, then the expert; noise on every executed action."""
+    """One episode: optional left/right route (driftkit.envs.routes), then the expert; noise on every action."""
     obs = env.reset()
     detour = int(rng.choice([-1, 1])) if rng.random() < cfg.alt_path_prob else 0
-    via = detour_via_point(obs.state, env.task, detour, cfg.detour_offset) if detour else None
-    via_point = via
+    waypoints = route_waypoints(obs.state, env.task, detour, cfg.detour_offset)
+    follow = RouteFollower(waypoints)
     states, actions, images, success = [], [], [], False
-    for t in range(cfg.max_steps):
-        action = expert(obs.state)
-        if via is not None:
-            if np.linalg.norm(via - obs.state[:3]) < _DETOUR_REACHED or t >= _DETOUR_MAX_STEPS:
-                via = None
-            else:
-                action = action.copy()
-                action[:3] = np.clip(_DETOUR_GAIN * (via - obs.state[:3]), -1.0, 1.0)
+    for _ in range(cfg.max_steps):
+        action = follow(obs.state, expert(obs.state))
         if cfg.noise_std > 0:
             action = action + rng.normal(0.0, cfg.noise_std, size=action.shape)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
@@ -127,7 +105,7 @@ def run_demo(env, expert, cfg: CollectConfig, rng: np.random.Generator) -> Episo
             break
     return EpisodeRecord(task=env.task, success=success, detour=detour, states=np.stack(states),
                          actions=np.stack(actions), images=np.stack(images) if images else None,
-                         via_point=via_point)
+                         via_point=waypoints[0] if len(waypoints) else None)
 
 
 def collect(cfg: CollectConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> CollectSummary:

@@ -11,6 +11,7 @@ policy.nfe(steps) gives the network evaluations per chunk.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -180,14 +181,28 @@ def evaluate_policy(policy, label: str, cfg: EvalConfig, task_map: dict[str, int
 
 
 def evaluate(policies: dict, cfg: EvalConfig, out_dir=None, task_maps: dict | None = None,
-             progress: bool = True) -> dict:
-    """Evaluate each labelled policy ({label: policy}); task_maps: {label: instruction -> task_index}.
-    With `out_dir`, write results.json, results.md and success_vs_latency.png there. Returns the results."""
+             progress: bool = True, workers: int = 1) -> dict:
+    """Evaluate each labelled policy ({label: policy, or its checkpoint directory}); task_maps: {label:
+    instruction -> task_index}. workers > 1 spreads the (policy, task, seed) units over that many processes of
+    one torch thread each (driftkit.eval.parallel); it needs checkpoint directories, not loaded policies. With
+    `out_dir`, write results.json, results.md and success_vs_latency.png there. Returns the results."""
     from driftkit.eval.report import markdown_table, plot_success_vs_latency, results_dict, write_json
 
     task_maps = task_maps or {}
-    outcomes = [o for label, policy in policies.items()
-                for o in evaluate_policy(policy, label, cfg, task_maps.get(label), progress)]
+    paths = {label: p for label, p in policies.items() if isinstance(p, (str, os.PathLike))}
+    if workers > 1:
+        if len(paths) != len(policies):
+            raise ValueError(f"workers={workers} loads each policy in its worker processes: give checkpoint "
+                             f"directories, got loaded policies for {sorted(set(policies) - set(paths))}")
+        from driftkit.eval.parallel import evaluate_in_workers
+
+        outcomes = evaluate_in_workers(paths, cfg, task_maps, workers, progress=progress)
+    else:
+        from driftkit.policy import load_policy
+
+        loaded = {label: load_policy(p) if label in paths else p for label, p in policies.items()}
+        outcomes = [o for label, policy in loaded.items()
+                    for o in evaluate_policy(policy, label, cfg, task_maps.get(label), progress)]
     summary = summarize(outcomes, DIFFICULTY)
     results = results_dict(outcomes, summary, asdict(cfg))
     if out_dir is not None:
