@@ -156,6 +156,9 @@ class Decoder(nn.Module):
     default_normalization: ClassVar[str] = "mean_std"
     supports_inpaint: ClassVar[bool] = False
     """Whether sample() takes an Inpaint request (real-time chunking); _sample then gets `inpaint=`."""
+    zero_steps_is_base: ClassVar[bool] = False
+    """True for decoders around a base prediction (the residual ones): steps=0 skips the refiner and returns
+    the base itself, so one checkpoint also measures its own base."""
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -214,7 +217,7 @@ class Decoder(nn.Module):
         cond_mask = self._check_cond(cond, cond_mask)
         check_positive("num_samples", num_samples)
         if steps is not None:
-            check_positive("steps", steps)
+            check_positive("steps", steps, allow_zero=self.zero_steps_is_base)
         temp = self.resolve_temperature(temperature)
         if inpaint is None:
             x = self._sample(cond, num_samples, steps, generator, temp, cond_mask=cond_mask)  # normalised

@@ -1,0 +1,70 @@
+"""The VLA benchmark (benchmarks/metaworld_vla.py) in miniature: the averaged-route check, collecting images,
+training a tiny VLA for two steps, evaluating in two worker processes, the summary, and resuming. Plus the
+parallel evaluator against the in-process one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("metaworld")
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def vla_bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    import metaworld_vla
+
+    yield metaworld_vla
+    sys.path.remove(str(BENCHMARKS))
+
+
+def test_vla_sweep_runs_summarises_and_resumes(vla_bench, tmp_path):
+    argv = ["--tasks", "reach-wall-v3", "--configs", "flow-1,residual_flow[regression]-base", "--seeds", "0",
+            "--episodes-per-task", "2", "--train-steps", "2", "--batch-size", "4", "--eval-episodes", "1",
+            "--eval-seeds", "0", "--eval-max-steps", "16", "--eval-workers", "2", "--route-check-seeds", "1",
+            "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
+    vla_bench.main(argv)
+    results = tmp_path / "results"
+    runs = {p.name: json.loads(p.read_text()) for p in results.glob("*__seed0.json")}
+    assert set(runs) == {"flow-1__seed0.json", "residual_flow[regression]-base__seed0.json"}
+    base = runs["residual_flow[regression]-base__seed0.json"]
+    all_row = next(r for r in base["summary"] if r["group"] == "all")
+    assert all_row["nfe"] == 1  # steps=0: the regression base alone, not base + 10 refiner steps
+    assert "--workers 2" in base["commands"]["eval"] and "--image" in base["commands"]["eval"]
+    assert len(base["episodes"]) == 1 and base["episodes"][0]["length"] <= 16
+    route = json.loads((results / "route_check.json").read_text())
+    assert route["reach-wall-v3"]["seeds"] == 1
+    summary = (results / "summary.md").read_text()
+    assert "## Answers" in summary and "## The averaged-route check" in summary
+    assert "| reach-wall-v3 | 1 |" in summary and "multimodal" in summary
+    assert "Not run yet" not in summary
+    stamps = {p: p.stat().st_mtime_ns for p in results.glob("*__seed0.json")}
+    vla_bench.main(argv)  # resuming: every planned run has its file, nothing is trained or evaluated again
+    assert {p: p.stat().st_mtime_ns for p in results.glob("*__seed0.json")} == stamps
+
+
+def test_parallel_evaluation_equals_in_process(tmp_path):
+    import torch
+
+    from driftkit.eval import EvalConfig, evaluate
+    from driftkit.policy import StatePolicyConfig, make_policy
+
+    torch.manual_seed(0)
+    policy = make_policy(StatePolicyConfig(state_dim=39, action_dim=4, horizon=16, decoder="regression",
+                                            hidden_dim=16, cond_dim=16, decoder_options={"hidden_dim": 16}))
+    policy.eval()
+    policy.save_pretrained(tmp_path / "policy")
+    cfg = EvalConfig(tasks=["reach-v3", "drawer-close-v3"], episodes=2, seeds=[0, 1], max_steps=20)
+    one = evaluate({"r": str(tmp_path / "policy")}, cfg, progress=False)
+    two = evaluate({"r": str(tmp_path / "policy")}, cfg, progress=False, workers=2)
+    key = lambda e: (e["task"], e["seed"], e["episode"], e["success"], e["length"])  # noqa: E731
+    assert [key(e) for e in two["episodes"]] == [key(e) for e in one["episodes"]]
+    assert len(one["episodes"]) == 8
+    with pytest.raises(ValueError, match="checkpoint directories"):
+        evaluate({"r": policy}, cfg, progress=False, workers=2)
