@@ -332,3 +332,28 @@ def test_policy_sizes_the_decoder_to_the_cond_width(cond):
     assert x.shape[-1] == policy.decoder.config.cond_dim and x.dim() == (2 if cond == "pooled" else 3)
     with pytest.raises(ValueError, match="cond='auto'"):
         policy_config("qwen2_vl", cond="auto")
+
+
+def test_the_kv_cache_goes_under_the_name_the_model_takes():
+    # catches: past_key_values= hard-coded again (FutureWarning here, removed in transformers 5.40), or `cache=`
+    # passed to a model whose forward only knows past_key_values
+    import inspect
+    import warnings
+
+    from driftkit.backbones.backbone import cache_kwargs
+
+    class OldModel(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=None):
+            return input_ids
+
+    assert cache_kwargs(OldModel(), "kv") == {"past_key_values": "kv"}
+    bb = tiny("paligemma")
+    takes_cache = "cache" in inspect.signature(type(bb.model).forward).parameters
+    assert cache_kwargs(bb.model, "kv") == ({"cache": "kv"} if takes_cache else {"past_key_values": "kv"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        prefix = bb.encode_prefix(images(2), PROMPTS[:2])
+        feats = bb.encode_queries(prefix, repeats=2)
+        full = bb.encode(images(2), PROMPTS[:2], use_cache=True)
+    assert prefix.cache.get_seq_length() == prefix.inputs.prefix_len  # the cache was filled under its new name
+    assert full.cache is not None and feats.query.shape[0] == 4

@@ -142,7 +142,7 @@ def scripted(head: FASTLMHead, monkeypatch, rows: list[list[int]]) -> None:
     model, original, calls = head.backbone.model, head.backbone.model.forward, []
 
     def forward(*args, **kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # either name (cache_kwargs)
         after_prefix = cache is not None and cache.get_seq_length() > 0  # the prefix pass starts empty
         out = original(*args, **kwargs)
         if after_prefix:

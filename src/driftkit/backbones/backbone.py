@@ -14,6 +14,7 @@ embedding), so they train whatever the mode while the LM's own embedding matrix 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from driftkit.backbones.config import BackboneConfig, VLMFeatures
 from driftkit.backbones.families import FAMILIES, IMAGE_SIZE, Family, family_of_model_type, get_family, list_presets
 from driftkit.backbones.families import torch_dtype
-from driftkit.backbones.inputs import PrefixInputs, camera_rows, check_batch, to_pil
+from driftkit.backbones.inputs import PrefixInputs, camera_rows, check_batch, to_pil, to_uint8
 from driftkit.backbones.tokenizer import byte_level_tokenizer
 
 ASSETS_FILE = "driftkit_backbone.json"
@@ -68,6 +69,9 @@ class Backbone(nn.Module):
         self.query_embed = nn.Parameter(rows)  # [Q, H]
         model.get_input_embeddings().register_forward_hook(self._swap_query_embeddings)
         self.special_ids = {role: tokenizer.convert_tokens_to_ids(s) for role, s in self.family.special_tokens.items()}
+        # tensor preprocessing on the model's device when the processor is one the family reproduces; None =
+        # the Pillow processor (set it to None to force that path)
+        self.pixel_pipeline = self.family.tensor_pipeline(image_processor)
         self._apply_mode()
 
     # ---- construction ---------------------------------------------------------------------------------
@@ -214,15 +218,23 @@ class Backbone(nn.Module):
         with BOS where the family puts it. images[i] is one image (N = 1) or a list/tuple of N images, one per
         camera, in the same camera order in every row (each camera gets the family's own image block)."""
         check_batch(images, prompts)
-        fam = self.family
         rows, names = camera_rows(images)
-        pils = [[to_pil(im, where, fam.patch_multiple, fam.name) for im, where in zip(row, row_names)]
-                for row, row_names in zip(rows, names)]
-        vision = fam.process_images(self.image_processor, pils)
-        n = len(pils[0])
-        counts = fam.image_token_counts(self.model.config, vision, len(pils) * n)  # [B * N], row-major
+        vision = self._vision(rows, names)
+        n = len(rows[0])
+        counts = self.family.image_token_counts(self.model.config, vision, len(rows) * n)  # [B * N], row-major
         tokens = [self._row_tokens(i, p, counts[i * n:(i + 1) * n]) for i, p in enumerate(prompts)]
         return self._pad(tokens, vision)
+
+    def _vision(self, rows: list[list], names: list[list[str]]) -> dict:
+        """[B][N] images -> the model's image tensors: tensor operations on the model's device when
+        pixel_pipeline is set, else the Pillow processor on the CPU."""
+        fam, pairs = self.family, [list(zip(row, row_names)) for row, row_names in zip(rows, names)]
+        if self.pixel_pipeline is None:
+            pils = [[to_pil(im, where, fam.patch_multiple, fam.name) for im, where in row] for row in pairs]
+            return fam.process_images(self.image_processor, pils)
+        tensors = [[to_uint8(im, where, fam.patch_multiple, fam.name, self.device) for im, where in row]
+                   for row in pairs]
+        return self.pixel_pipeline(tensors)
 
     def _row_tokens(self, i: int, prompt: str, counts: list[int]) -> list[int]:
         """Prefix ids of row i: its images' blocks (counts[j] placeholders for camera j) and the prompt."""
@@ -274,7 +286,7 @@ class Backbone(nn.Module):
         h = out.hidden_states[self.config.layer]  # [B, L + Q, H]
         l = inputs.prefix_len
         mask = inputs.attention_mask[:, :l].bool()
-        return VLMFeatures(query=h[:, l:], prefix=h[:, :l], prefix_mask=mask, cache=out.past_key_values)
+        return VLMFeatures(query=h[:, l:], prefix=h[:, :l], prefix_mask=mask, cache=returned_cache(out))
 
     def encode_prefix(self, images, prompts) -> PrefixState:
         """Image + prompt once into a DynamicCache; pair with encode_queries."""
@@ -282,8 +294,9 @@ class Backbone(nn.Module):
 
         inputs = self.prepare(images, prompts)
         cache = DynamicCache(config=self.model.config.get_text_config())
-        out = self.model(**inputs.prefix_kwargs(), past_key_values=cache, use_cache=True, output_hidden_states=True)
-        return PrefixState(inputs, out.past_key_values, out.hidden_states[self.config.layer])
+        out = self.model(**inputs.prefix_kwargs(), **cache_kwargs(self.model, cache), use_cache=True,
+                         output_hidden_states=True)
+        return PrefixState(inputs, cache, out.hidden_states[self.config.layer])
 
     def encode_queries(self, prefix: PrefixState, repeats: int = 1) -> VLMFeatures:
         """Suffix pass of the query tokens over a cached prefix, for `repeats` copies of each row.
@@ -306,12 +319,30 @@ class Backbone(nn.Module):
             input_ids=inputs.input_ids[:, l:].repeat_interleave(repeats, 0),
             attention_mask=inputs.attention_mask.repeat_interleave(repeats, 0),
             position_ids=inputs.position_ids[..., l:].repeat_interleave(repeats, batch_dim),
-            past_key_values=prefix.cache, use_cache=True, output_hidden_states=True,
+            **cache_kwargs(self.model, prefix.cache), use_cache=True, output_hidden_states=True,
         )
         prefix.cache.crop(-self.num_query_tokens)  # back to the prefix alone
         mask = inputs.attention_mask[:, :l].bool().repeat_interleave(repeats, 0)
         return VLMFeatures(query=out.hidden_states[self.config.layer], prefix=prefix.hidden, prefix_mask=mask,
                            cache=prefix.cache)
+
+
+_CACHE_ARGUMENT: dict[type, str] = {}  # model class -> name of its forward's KV-cache argument
+
+
+def cache_kwargs(model: nn.Module, cache) -> dict:
+    """The KV cache as the keyword the model's forward takes: `cache` where it exists (transformers 5.x
+    deprecates `past_key_values`, to be removed in 5.40), else `past_key_values`. Looked up once per class."""
+    cls = type(model)
+    if cls not in _CACHE_ARGUMENT:
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_ARGUMENT[cls] = "cache" if "cache" in params else "past_key_values"
+    return {_CACHE_ARGUMENT[cls]: cache}
+
+
+def returned_cache(out) -> object | None:
+    """The KV cache of a model output, under either name (`cache`, or the older `past_key_values`)."""
+    return out["cache"] if "cache" in out else out.get("past_key_values")
 
 
 def _read_assets(path: str | os.PathLike) -> dict:

@@ -9,10 +9,13 @@ parameters) for GPU latency.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+from driftkit.backbones.preprocess import Idefics3Images, QwenPatches, SiglipImages, TensorPreprocessor
 
 # Special tokens each family's prompts use, with the strings of the released checkpoints.
 QWEN_TOKENS = {"start": "<|vision_start|>", "image": "<|image_pad|>", "end": "<|vision_end|>"}
@@ -57,6 +60,9 @@ class Family:
     """Image processor outputs the model takes."""
     prefix_lm: bool = False
     """token_type_ids 0 on the prefix (attended bidirectionally) and 1 on the query tokens (PaliGemma)."""
+    tensor_preprocessor: type[TensorPreprocessor] | None = None
+    """The TensorPreprocessor subclass that reproduces processor_class with tensor operations on the model's
+    device (None = the Pillow processor only)."""
     presets: dict[str, Callable[[dict[str, int], int], object]] = field(default_factory=dict, compare=False)
     """Preset size ("tiny", "mid") -> function(token ids, image side) -> transformers config."""
 
@@ -96,6 +102,17 @@ class Family:
         images = rows if self.nested_images else [im for row in rows for im in row]
         out = processor(images=images, return_tensors="pt")
         return {k: out[k] for k in self.vision_keys if k in out}
+
+    def tensor_pipeline(self, processor) -> TensorPreprocessor | None:
+        """The tensor preprocessor for `processor` when its class and settings are ones this family reproduces;
+        otherwise None, with one warning saying that the (slower, CPU) Pillow processor stays in use."""
+        cls = self.tensor_preprocessor
+        reason = "the family has no tensor preprocessor" if cls is None else cls.unsupported(processor)
+        if reason is None:
+            return cls(processor)
+        warnings.warn(f"{self.name}: images go through the Pillow {type(processor).__name__} on the CPU, not tensor "
+                      f"preprocessing on the model's device: {reason}", stacklevel=3)
+        return None
 
     def image_token_counts(self, config, vision: dict, num_images: int) -> list[int]:
         """Placeholder tokens of each of the num_images images (row-major), from the model config and the
@@ -213,7 +230,7 @@ def _qwen(name: str, version: str, cls: str) -> Family:
     return Family(
         name, f"{cls}ForConditionalGeneration", "Qwen2VLImageProcessorPil", (name,), QWEN_TOKENS,
         patch_multiple=28 if version != "3" else 32, mrope=True, block_head=("start",), block_tail=("end",),
-        vision_keys=("pixel_values", "image_grid_thw"),
+        vision_keys=("pixel_values", "image_grid_thw"), tensor_preprocessor=QwenPatches,
         presets={size: _qwen_config(version, size) for size in SIZES},
     )
 
@@ -227,10 +244,10 @@ FAMILIES: dict[str, Family] = {
         Family("smolvlm", "Idefics3ForConditionalGeneration", "Idefics3ImageProcessorPil", ("idefics3", "smolvlm"),
                IDEFICS3_TOKENS, patch_multiple=32, block_head=("start", "global"), block_tail=("start",),
                bos="first", nested_images=True, vision_keys=("pixel_values", "pixel_attention_mask"),
-               presets={s: _idefics3_config(s) for s in SIZES}),
+               tensor_preprocessor=Idefics3Images, presets={s: _idefics3_config(s) for s in SIZES}),
         Family("paligemma", "PaliGemmaForConditionalGeneration", "SiglipImageProcessorPil", ("paligemma",),
                PALIGEMMA_TOKENS, patch_multiple=16, position_offset=1, bos="after_images", prompt_suffix="\n",
-               prefix_lm=True, presets={s: _paligemma_config(s) for s in SIZES}),
+               prefix_lm=True, tensor_preprocessor=SiglipImages, presets={s: _paligemma_config(s) for s in SIZES}),
     )
 }
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from driftkit.backbones.backbone import Backbone, PrefixState
+from driftkit.backbones.backbone import Backbone, PrefixState, cache_kwargs
 from driftkit.backbones.config import VLMFeatures
 from driftkit.backbones.inputs import PrefixInputs
 from driftkit.decoders.base import DecoderLoss
@@ -218,10 +218,11 @@ class FASTLMHead(nn.Module):
         if bb.config.mode == "frozen":
             cache = DynamicCache(config=bb.model.config.get_text_config())
             with torch.no_grad():
-                pre = bb.model(**inputs.prefix_kwargs(), past_key_values=cache, use_cache=True,
+                pre = bb.model(**inputs.prefix_kwargs(), **cache_kwargs(bb.model, cache), use_cache=True,
                                output_hidden_states=True)
             out = bb.model(input_ids=ids[:, l:], attention_mask=mask, position_ids=pos[..., l:],
-                           past_key_values=cache, use_cache=True, output_hidden_states=True, logits_to_keep=s + 1)
+                           **cache_kwargs(bb.model, cache), use_cache=True, output_hidden_states=True,
+                           logits_to_keep=s + 1)
             h = out.hidden_states[layer]
             feats = VLMFeatures(query=h[:, :q], prefix=pre.hidden_states[layer], prefix_mask=prefix_mask)
         else:
@@ -278,8 +279,8 @@ class FASTLMHead(nn.Module):
         b, n = inputs.input_ids.shape[0], self.num_fast
         mask, last = inputs.attention_mask, inputs.position_ids[..., -1:]  # [B, L + Q], [..., B, 1]
         out = bb.model(input_ids=inputs.input_ids[:, l:], attention_mask=mask,
-                       position_ids=inputs.position_ids[..., l:], past_key_values=prefix.cache, use_cache=True,
-                       output_hidden_states=True, logits_to_keep=1)
+                       position_ids=inputs.position_ids[..., l:], **cache_kwargs(bb.model, prefix.cache),
+                       use_cache=True, output_hidden_states=True, logits_to_keep=1)
         feats = VLMFeatures(query=out.hidden_states[bb.config.layer], prefix=prefix.hidden,
                             prefix_mask=mask[:, :l].bool())
         chosen, ended = [], torch.zeros(b, dtype=torch.bool, device=mask.device)
@@ -291,7 +292,7 @@ class FASTLMHead(nn.Module):
                 break
             mask = torch.cat([mask, mask.new_ones(b, 1)], 1)
             out = bb.model(input_ids=self.vocab_ids[chosen[-1]][:, None], attention_mask=mask,
-                           position_ids=last + step + 1, past_key_values=prefix.cache, use_cache=True,
+                           position_ids=last + step + 1, **cache_kwargs(bb.model, prefix.cache), use_cache=True,
                            logits_to_keep=1)
         prefix.cache.crop(l - prefix.cache.get_seq_length())  # back to the prefix alone
         tokens = [_until_end(row, n) for row in torch.stack(chosen, 1).tolist()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -36,30 +37,47 @@ class PrefixInputs:
                     position_ids=self.position_ids, **self.vision, **self.extra)
 
 
-def to_pil(image, where: str, min_side: int, family: str) -> Image.Image:
-    """PIL image, uint8 array [H, W, 3], or tensor [3, H, W] (uint8, or float in [0, 1]) -> RGB PIL image.
-    `where` names the image in errors ("images[1]" or "images[1][0]")."""
+def to_uint8(image, where: str, min_side: int, family: str, device=None) -> Tensor:
+    """PIL image, uint8 array [H, W, 3], or tensor [3, H, W] / [H, W, 3] (uint8, or float in [0, 1]) ->
+    uint8 tensor [3, H, W] on `device` (None = where a tensor already is; arrays and PIL images start on the
+    CPU and travel as uint8). Floats become round(x * 255). `where` names the image in errors."""
     if isinstance(image, Image.Image):
-        pil = image.convert("RGB")
+        t = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).to(device)
     elif isinstance(image, (np.ndarray, Tensor)):
-        arr = image.detach().cpu().numpy() if isinstance(image, Tensor) else image
-        if isinstance(image, Tensor) and arr.ndim == 3 and arr.shape[0] == 3:
-            arr = arr.transpose(1, 2, 0)
-        if arr.ndim != 3 or arr.shape[-1] != 3:
+        t = image.detach() if isinstance(image, Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+        if isinstance(image, Tensor) and t.ndim == 3 and t.shape[0] == 3:
+            pass  # [3, H, W] already
+        elif t.ndim == 3 and t.shape[-1] == 3:
+            t = t.permute(2, 0, 1)
+        else:
             raise ValueError(f"{where} has shape {list(image.shape)}; expected an array [H, W, 3] or a tensor "
                              "[3, H, W]")
-        if arr.dtype != np.uint8:
-            if not np.issubdtype(arr.dtype, np.floating) or arr.min() < 0 or arr.max() > 1:
-                raise ValueError(f"{where} has dtype {arr.dtype}; expected uint8, or floats in [0, 1]")
-            arr = (arr * 255).round().astype(np.uint8)
-        pil = Image.fromarray(np.ascontiguousarray(arr))
+        t = t.to(device) if device is not None else t
+        if t.dtype != torch.uint8:
+            if not t.is_floating_point() or bool(t.min() < 0) or bool(t.max() > 1):
+                dtype = str(image.dtype).removeprefix("torch.")
+                raise ValueError(f"{where} has dtype {dtype}; expected uint8, or floats in [0, 1]")
+            t = (t * 255).round().to(torch.uint8)
     else:
         raise TypeError(f"{where} has type {type(image).__name__}; expected a PIL.Image.Image, a uint8 numpy array "
                         "[H, W, 3] or a torch tensor [3, H, W]")
-    if min(pil.size) < min_side:
-        raise ValueError(f"{where} is {pil.size[0]}x{pil.size[1]} pixels; {family} needs at least {min_side} pixels "
-                         "per side")
-    return pil
+    _check_side(t.shape[-1], t.shape[-2], where, min_side, family)
+    return t
+
+
+def to_pil(image, where: str, min_side: int, family: str) -> Image.Image:
+    """The same inputs and checks as to_uint8 -> an RGB PIL image (the Pillow image processors' input)."""
+    if isinstance(image, Image.Image):
+        pil = image.convert("RGB")
+        _check_side(*pil.size, where, min_side, family)
+        return pil
+    t = to_uint8(image, where, min_side, family, device="cpu")
+    return Image.fromarray(t.permute(1, 2, 0).contiguous().numpy())
+
+
+def _check_side(width: int, height: int, where: str, min_side: int, family: str) -> None:
+    if min(width, height) < min_side:
+        raise ValueError(f"{where} is {width}x{height} pixels; {family} needs at least {min_side} pixels per side")
 
 
 def check_batch(images, prompts) -> None:
