@@ -1,7 +1,7 @@
 """Compare decoder variants on the built-in tasks over several training seeds (mean and spread).
 
     python benchmarks/variants.py residual      # residual parameterisations, source widths, schedules
-    python benchmarks/variants.py drift         # drift groupings and the scale weighting
+    python benchmarks/variants.py drift         # drift groupings, the scale weighting, the one-step output
 
 Results go to benchmarks/results/variants-<set>.json (+ .md), written after every run; rerunning skips the runs
 already there, so an interrupted sweep resumes where it stopped.
@@ -40,6 +40,8 @@ SETS = {
         "drift action_dim, reference (no weighting)": ("drift", {"scale_weighting": False}),
         "drift chunk, scale weighting": ("drift", {"grouping": "chunk"}),
         "drift timestep, scale weighting": ("drift", {"grouping": "timestep"}),
+        "drift action_dim, direct output": ("drift", {"one_step": "direct"}),
+        "drift chunk, direct output": ("drift", {"grouping": "chunk", "one_step": "direct"}),
     },
 }
 

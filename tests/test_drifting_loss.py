@@ -144,3 +144,34 @@ def test_fp32_target_is_a_real_switch_under_bf16_autocast(gen):
     assert guarded.item() != pytest.approx(rounded.item(), rel=1e-7)  # the demonstrations kept their precision
     guarded.backward()
     assert torch.isfinite(gen_x.grad.float()).all()
+
+
+class _AffineNet(torch.nn.Module):
+    """Stands in for the generator's network: v(x, t) = 2 x + 3 t, whatever the condition."""
+
+    def forward(self, cond, x, t, **kwargs):
+        return 2 * x + 3 * t.view(-1, 1, 1)
+
+
+@pytest.mark.parametrize("one_step, expected", [("skip", lambda x: 3 * x), ("direct", lambda x: 2 * x + 3)])
+def test_one_step_output_forms(gen, one_step, expected):
+    """skip: x = x_0 + v(x_0, t=0) = 3 x_0; direct: x = v(x_0, t=1) = 2 x_0 + 3 (the network's output itself).
+    Breaks on a swapped form, a wrong pinned time, or an option that does not reach the generator."""
+    from driftkit.decoders.registry import make_decoder
+
+    x_0 = torch.randn(4, 3, 2, generator=gen)
+    dec = make_decoder("drift", 5, (3, 2), hidden_dim=8, depth=1, one_step=one_step)
+    dec.net = _AffineNet()
+    assert torch.allclose(dec.generate(torch.zeros(4, 5), x_0), expected(x_0))
+    # residual_drift shares the form, in its own coordinates (absolute: c_0 = b + sigma eps).
+    res = make_decoder("residual_drift", 5, (3, 2), hidden_dim=8, depth=1, one_step=one_step, source_std=0.5)
+    res._refiner_fn = lambda *args, **kwargs: (lambda c, t: 2 * c + 3 * t.view(-1, 1, 1))
+    b, eps = torch.randn(4, 3, 2, generator=gen), x_0
+    assert torch.allclose(res._generate_from(torch.zeros(4, 5), b, eps), expected(b + 0.5 * eps))
+
+
+def test_unknown_one_step_form_is_named():
+    from driftkit.decoders.registry import make_decoder
+
+    with pytest.raises(ValueError, match="one_step='euler'"):
+        make_decoder("drift", 5, (3, 2), one_step="euler")

@@ -82,3 +82,22 @@ def test_bad_time_sampler_and_steps_are_named():
         sample_time("cosine", 3, torch.zeros(1))
     with pytest.raises(ValueError, match="steps=0"):
         euler(lambda x, t: x, torch.zeros(1, 1, 1), 0)
+
+
+def test_data_prediction_becomes_the_velocity_toward_the_prediction():
+    """as_velocity("data"): v = (x_1_hat - x_t) / (1 - t). With a network that always predicts the same
+    point, Euler in data mode lands on it exactly for any step count (the last step has h = 1 - t), while the
+    same output read as a velocity does not."""
+    from driftkit.decoders.flow import FlowOptions
+    from driftkit.flow.path import as_velocity
+
+    x_t, x_hat, t = torch.randn(3, 4, 2), torch.randn(3, 4, 2), torch.tensor([0.0, 0.25, 0.5])
+    want = (x_hat - x_t) / (1 - t).view(-1, 1, 1)
+    assert torch.allclose(as_velocity(x_hat, x_t, t, "data"), want)
+    assert torch.equal(as_velocity(x_hat, x_t, t, "velocity"), x_hat)
+    x_0 = torch.randn(3, 4, 2, dtype=torch.float64)
+    x_1 = torch.randn(3, 4, 2, dtype=torch.float64)
+    for steps in (1, 3, 10):
+        out = FlowOptions(prediction="data").integrate(lambda x, s: x_1, x_0, steps)
+        assert torch.allclose(out, x_1, atol=1e-12)
+    assert not torch.allclose(FlowOptions(prediction="velocity").integrate(lambda x, s: x_1, x_0, 3), x_1)

@@ -1,10 +1,13 @@
 """Drift (Drift-VLA): a one-step generator trained with the drifting loss.
 
-The generator is one Euler step of a velocity network with its time input pinned to the source end:
-    x = x_0 + v(cond, x_0, t=0),   x_0 ~ N(0, I),
-so samples start with data-scale spread (a plain f(noise) collapses to the mean; see the notes) and a
-flow checkpoint's network can be fine-tuned into a drift generator. Training draws G samples per
-observation from one shared condition and matches them to the demonstration with the drifting loss.
+The generator is one pass of a network v(cond, x, t) on the source x_0 ~ N(0, I), in one of two forms
+(`one_step`):
+    skip (default):                        x = x_0 + v(cond, x_0, t=0), one Euler step from the source
+    direct (the Drift-VLA reference):      x = v(cond, x_0, t=1), the network's output itself
+Skip starts with the source's spread, so a small net does not collapse to the mean (the notes' pitfall),
+and a flow checkpoint's network can be fine-tuned into it; direct had the lower error on the demo tasks
+but collapsed with a small net (docs/decoders.md). Training draws G samples per observation from one
+shared condition and matches them to the demonstration with the drifting loss.
 
 Real-time chunking (no published method for a one-step generator; the Drift-VLA reference refuses RTC):
 `inpaint_one_step` draws K' = max(K, candidates) samples in one batched pass and keeps the K closest to the
@@ -30,6 +33,8 @@ from driftkit.ops import randn, repeat_samples
 from driftkit.rtc import InpaintTarget
 from driftkit.selection.prefix import prefix_distance, rank_by_prefix
 
+ONE_STEP = ("skip", "direct")
+
 
 @dataclass
 class DriftOptions:
@@ -50,6 +55,11 @@ class DriftOptions:
     temperature: float = 1.0
     """Default scale of the input noise at sampling (override per call with `temperature=`): 1 samples the
     learned distribution, 0 gives the generator's output at the noise mean (deterministic)."""
+    one_step: str = "skip"
+    """How the network's output becomes the sample. skip (default): x = x_0 + v(x_0, t=0), one Euler step
+    from the source, which passes through unchanged; direct: x = v(x_0, t=1), the network's output is the
+    sample (the Drift-VLA reference). Measured in docs/decoders.md: direct had the lower error on the demo
+    tasks but collapsed to the mean in 2 of 3 seeds with a small net, where skip never did."""
 
     def check_drift(self):
         check_positive("train_samples", self.train_samples)
@@ -60,6 +70,13 @@ class DriftOptions:
         if not self.temperatures or any(r <= 0 for r in self.temperatures):
             raise ValueError(f"got temperatures={self.temperatures}, need one or more positive values")
         check_choice("grouping", self.grouping, GROUPINGS)
+        check_choice("one_step", self.one_step, ONE_STEP)
+
+    def one_step_sample(self, v: Callable[[Tensor, Tensor], Tensor], x_0: Tensor) -> Tensor:
+        """v(x [N, T, D], t [N]) -> [N, T, D] the network; x_0 [N, T, D] the source -> the one-step sample."""
+        direct = self.one_step == "direct"
+        t = torch.full((x_0.shape[0],), float(direct), device=x_0.device, dtype=x_0.dtype)
+        return v(x_0, t) if direct else x_0 + v(x_0, t)
 
     def drift_loss(self, gen: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         """gen [B, G, T, D], target [B, T, D], mask [B, T, D] -> scalar."""
@@ -111,9 +128,9 @@ class DriftDecoder(Decoder):
         self.net = self._net(in_dim=config.dim, out_dim=config.dim, use_time=True)
 
     def generate(self, cond: Tensor, x_0: Tensor, cond_mask: Tensor | None = None) -> Tensor:
-        """cond [N, C] or [N, L, C], x_0 [N, T, D] noise, cond_mask [N, L] or None -> [N, T, D] one-step sample."""
-        t = torch.zeros(x_0.shape[0], device=x_0.device, dtype=x_0.dtype)
-        return x_0 + self.net(cond, x_0, t, cond_mask=cond_mask)
+        """cond [N, C] or [N, L, C], x_0 [N, T, D] noise, cond_mask [N, L] or None -> [N, T, D] one-step sample
+        (config.one_step: x_0 + v(x_0, 0) or v(x_0, 1))."""
+        return self.config.one_step_sample(lambda x, t: self.net(cond, x, t, cond_mask=cond_mask), x_0)
 
     def _draw(self, cond: Tensor, k: int, generator=None, temperature: float = 1.0, cond_mask=None) -> Tensor:
         """cond [B, C] (cond_mask [B, L] with a 3-D cond) -> [B, K, T, D] one-step samples from noise scaled by

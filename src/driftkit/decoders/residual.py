@@ -316,14 +316,13 @@ class ResidualDriftDecoder(ResidualDecoder):
     config_class = ResidualDriftConfig
 
     def _generate(self, cond, b, generator=None, temperature: float = 1.0, cond_mask=None):
-        """One step from the source in coordinates: c = c_0 + v(c_0, t=0)."""
+        """One step from the source in coordinates (config.one_step: c_0 + v(c_0, 0) or v(c_0, 1))."""
         return self._generate_from(cond, b, randn(b.shape, b, generator), temperature, cond_mask)
 
     def _generate_from(self, cond, b, eps: Tensor, temperature: float = 1.0, cond_mask=None):
         """_generate from given standard-normal noise eps [N, T, D] (source x_0 = b + temperature sigma eps)."""
         c_0 = self.to_coords(b + temperature * self.sigma * eps, b)
-        t = torch.zeros(c_0.shape[0], device=c_0.device, dtype=c_0.dtype)
-        return c_0 + self._refiner_fn(cond, b, cond_mask)(c_0, t)
+        return self.config.one_step_sample(self._refiner_fn(cond, b, cond_mask), c_0)  # as drift's
 
     def _inpaint_around(self, cond, b, k, steps, generator, temperature, cond_mask, inpaint):
         n_rows, k_all, shape = cond.shape[0], max(k, inpaint.request.candidates), self.config.target_shape

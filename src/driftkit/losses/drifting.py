@@ -92,8 +92,9 @@ def drifting_loss(
     """gen [B, G, T, D] live samples (with gradient); target [B, T, D] demonstrations; mask [B, T, D].
 
     scale_weighting multiplies each group's loss by its detached scale s, making the gradient's size
-    independent of s (a deviation from the reference code; off here, on in the drift decoders' configs; see
-    docs/decoders.md).
+    independent of s. A deviation from the reference code: this function's argument defaults to False (the
+    reference loss), but DriftOptions.scale_weighting, which the drift and residual_drift decoders pass in,
+    defaults to True (measured in docs/decoders.md).
     fp32_target: the drift field, the target and the regression onto it in float32 with autocast off, the
     demonstrations kept at full precision (Drift-VLA's guard); False computes them in the generator's dtype
     under the caller's autocast (the guard's ablation).
