@@ -14,7 +14,7 @@ import torch
 import driftkit
 import driftkit.nets.expert  # noqa: F401  (registers "expert")
 from driftkit.decoders.registry import DECODERS
-from driftkit.nets import ChunkNet, NetSpec, make_net
+from driftkit.nets import ChunkNet, NetSpec, Prefix, make_net
 
 T, D, C, L = 3, 2, 12, 10  # L - 3 >= T * D: lm_tokens' query rows (the last T * D) stay real under MASK
 NAMES = sorted(DECODERS)
@@ -158,12 +158,16 @@ def test_external_base_and_base_prediction_ignore_garbage_in_masked_rows(name):
 
 
 def _record_net_calls(dec) -> list:
+    """(cond, cond_mask) of every net call; a shared Prefix (driftkit.nets.Prefix) carries both."""
     calls = []
+
+    def record(m, args, kwargs):
+        c = args[0]
+        calls.append((c.cond, c.cond_mask) if isinstance(c, Prefix) else (c, kwargs.get("cond_mask")))
+
     for module in dec.modules():
         if isinstance(module, ChunkNet):
-            module.register_forward_pre_hook(
-                lambda m, args, kwargs: calls.append((args[0], kwargs.get("cond_mask"))), with_kwargs=True
-            )
+            module.register_forward_pre_hook(record, with_kwargs=True)
     return calls
 
 

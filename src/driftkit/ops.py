@@ -15,8 +15,10 @@ def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def repeat_samples(x: Tensor | None, k: int) -> Tensor | None:
-    """[B, ...] -> [B * k, ...], each row repeated k times in a row (sample-major within a batch item).
-    None stays None (an absent cond_mask repeats to an absent one)."""
+    """[B, ...] -> [B * k, ...], each row repeated k times in a row (sample-major within a batch item): the row
+    layout of x and t for a net called with samples=k (driftkit.nets.base). Decoders repeat only per-sample
+    inputs with it (a residual base, an RTC prefix); the condition itself stays unrepeated, shared by the k
+    samples through the net's Prefix. None stays None."""
     return None if x is None else x.repeat_interleave(k, dim=0)
 
 

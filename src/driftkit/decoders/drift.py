@@ -29,7 +29,8 @@ from driftkit.decoders.registry import register_decoder
 from driftkit.errors import check_choice, check_positive
 from driftkit.losses import GROUPINGS, drifting_loss
 from driftkit.losses.drifting import TEMPERATURES
-from driftkit.ops import randn, repeat_samples
+from driftkit.nets import Prefix
+from driftkit.ops import randn
 from driftkit.rtc import InpaintTarget
 from driftkit.selection.prefix import prefix_distance, rank_by_prefix
 
@@ -127,17 +128,18 @@ class DriftDecoder(Decoder):
         super().__init__(config)
         self.net = self._net(in_dim=config.dim, out_dim=config.dim, use_time=True)
 
-    def generate(self, cond: Tensor, x_0: Tensor, cond_mask: Tensor | None = None) -> Tensor:
-        """cond [N, C] or [N, L, C], x_0 [N, T, D] noise, cond_mask [N, L] or None -> [N, T, D] one-step sample
-        (config.one_step: x_0 + v(x_0, 0) or v(x_0, 1))."""
-        return self.config.one_step_sample(lambda x, t: self.net(cond, x, t, cond_mask=cond_mask), x_0)
+    def generate(self, cond: Tensor | Prefix, x_0: Tensor, cond_mask: Tensor | None = None, samples: int = 1) -> Tensor:
+        """cond [B, C] or [B, L, C] (or the net's Prefix of it), x_0 [B * S, T, D] noise for S samples per row of
+        cond, cond_mask [B, L] or None -> [B * S, T, D] one-step samples (config.one_step: x_0 + v(x_0, 0) or
+        v(x_0, 1))."""
+        return self.config.one_step_sample(lambda x, t: self.net(cond, x, t, cond_mask=cond_mask, samples=samples), x_0)
 
     def _draw(self, cond: Tensor, k: int, generator=None, temperature: float = 1.0, cond_mask=None) -> Tensor:
         """cond [B, C] (cond_mask [B, L] with a 3-D cond) -> [B, K, T, D] one-step samples from noise scaled by
         temperature."""
-        cond_k = repeat_samples(cond, k)
-        x_0 = temperature * randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
-        x = self.generate(cond_k, x_0, repeat_samples(cond_mask, k))
+        # The K samples share cond unrepeated (the net broadcasts its projection of it).
+        x_0 = temperature * randn((cond.shape[0] * k, *self.config.target_shape), cond, generator)
+        x = self.generate(cond, x_0, cond_mask, samples=k)
         return x.view(cond.shape[0], k, *self.config.target_shape)
 
     def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None) -> DecoderLoss:
@@ -152,9 +154,11 @@ class DriftDecoder(Decoder):
         # The same draw as _draw's for k_all samples, so candidates = 1 with K = 1 reproduces sample().
         eps = randn((b * k_all, *self.config.target_shape), cond, generator).view(b, k_all, *self.config.target_shape)
 
+        prefix = self.net.prefix(cond, cond_mask)  # projected once for every candidate and noise step
+
         def generate(e: Tensor) -> Tensor:
             n = e.shape[1]
-            x = self.generate(repeat_samples(cond, n), temperature * e.flatten(0, 1), repeat_samples(cond_mask, n))
+            x = self.generate(prefix, temperature * e.flatten(0, 1), samples=n)
             return x.view(b, n, *self.config.target_shape)
 
         return inpaint_one_step(generate, eps, k, inpaint)

@@ -12,7 +12,7 @@ from driftkit.errors import check_choice, check_positive
 from driftkit.flow import (
     PREDICTIONS, TIME_SAMPLERS, PrefixGuide, as_velocity, euler, flow_matching_loss, guided_euler, sample_time,
 )
-from driftkit.ops import randn, repeat_samples
+from driftkit.ops import randn
 from driftkit.rtc import InpaintTarget
 
 
@@ -76,11 +76,11 @@ class FlowDecoder(Decoder):
 
     def _sample(self, cond: Tensor, k: int, steps, generator, temperature: float, cond_mask=None,
                 inpaint: InpaintTarget | None = None) -> Tensor:
-        cond_k, cond_mask_k = repeat_samples(cond, k), repeat_samples(cond_mask, k)
+        prefix = self.net.prefix(cond, cond_mask)  # projected once, shared by the K samples and every step
         # Noise is drawn even at temperature 0 so the generator's stream does not depend on the temperature.
-        x_0 = temperature * randn((cond_k.shape[0], *self.config.target_shape), cond_k, generator)
+        x_0 = temperature * randn((cond.shape[0] * k, *self.config.target_shape), cond, generator)
         guide = None if inpaint is None else PrefixGuide(inpaint.repeated(k), inpaint.weights, inpaint.beta)
-        x_1 = self.config.integrate(lambda x, t: self.net(cond_k, x, t, cond_mask=cond_mask_k), x_0, steps, guide)
+        x_1 = self.config.integrate(lambda x, t: self.net(prefix, x, t, samples=k), x_0, steps, guide)
         return x_1.view(cond.shape[0], k, *self.config.target_shape)
 
     def nfe(self, steps: int | None = None) -> int:

@@ -34,6 +34,7 @@ from driftkit.decoders.flow import FlowOptions
 from driftkit.decoders.registry import make_decoder, register_decoder
 from driftkit.errors import check_choice, check_finite, check_positive, check_shape
 from driftkit.flow import PrefixGuide
+from driftkit.nets import Prefix
 from driftkit.normalize import NormStats
 from driftkit.ops import masked_mean, randn, repeat_samples
 from driftkit.rtc import Inpaint, InpaintTarget
@@ -79,6 +80,7 @@ class ResidualDecoder(Decoder):
     """Shared plumbing: the base decoder, sigma, the coordinates, the training schedule."""
 
     supports_inpaint = True  # both refiners inpaint: residual_flow by guidance, residual_drift by selection
+    zero_steps_is_base = True  # steps=0: the base prediction, unrefined (K identical copies)
 
     def __init__(self, config):
         super().__init__(config)
@@ -158,7 +160,7 @@ class ResidualDecoder(Decoder):
         cond_mask = self._check_cond(cond, cond_mask)
         check_positive("num_samples", num_samples)
         if steps is not None:
-            check_positive("steps", steps)
+            check_positive("steps", steps, allow_zero=True)
         temp = self.resolve_temperature(temperature)
         b = self._check_base(cond, base)
         if inpaint is None:
@@ -235,10 +237,12 @@ class ResidualDecoder(Decoder):
     ) -> Tensor:
         """b [B, T, D] normalised base -> [B, K, T, D] normalised refined samples (toward inpaint's prefix
         when given)."""
+        if steps == 0:
+            return b[:, None].expand(-1, k, *b.shape[1:]).clone()
         if inpaint is not None:
             return self._inpaint_around(cond, b, k, steps, generator, temperature, cond_mask, inpaint)
-        cond_k, b_k, cond_mask_k = repeat_samples(cond, k), repeat_samples(b, k), repeat_samples(cond_mask, k)
-        x = self._refine_sample(cond_k, b_k, steps, generator, temperature, cond_mask_k)
+        # The base is an input of each sample (repeated); cond is shared unrepeated by the K samples.
+        x = self._refine_sample(cond, repeat_samples(b, k), steps, generator, temperature, cond_mask, samples=k)
         return x.view(cond.shape[0], k, *self.config.target_shape)
 
     def _inpaint_around(
@@ -254,15 +258,19 @@ class ResidualDecoder(Decoder):
         raise NotImplementedError
 
     def _refine_sample(
-        self, cond: Tensor, b: Tensor, steps, generator, temperature: float, cond_mask: Tensor | None = None
+        self, cond: Tensor, b: Tensor, steps, generator, temperature: float, cond_mask: Tensor | None = None,
+        samples: int = 1,
     ) -> Tensor:
-        """cond [N, C] or [N, L, C], b [N, T, D] normalised base, cond_mask [N, L] or None -> [N, T, D] one
-        refined sample per row."""
+        """cond [B, C] or [B, L, C], b [B * S, T, D] normalised base repeated for S samples per row of cond,
+        cond_mask [B, L] or None -> [B * S, T, D] one refined sample per row of b."""
         raise NotImplementedError
 
-    def _refiner_fn(self, cond: Tensor, b: Tensor, cond_mask: Tensor | None = None):
-        """The refiner as a function of coordinates: (c [N, T, D], t [N]) -> [N, T, D]."""
-        return lambda c, t: self.refiner(cond, torch.cat([c, b], dim=-1), t, cond_mask=cond_mask)
+    def _refiner_fn(self, cond: Tensor | Prefix, b: Tensor, cond_mask: Tensor | None = None, samples: int = 1):
+        """The refiner as a function of coordinates: (c [B * S, T, D], t [B * S]) -> [B * S, T, D], for b
+        [B * S, T, D] and cond's B rows (projected here once for every call, unless already a Prefix)."""
+        if not isinstance(cond, Prefix):
+            cond, cond_mask = self.refiner.prefix(cond, cond_mask), None
+        return lambda c, t: self.refiner(cond, torch.cat([c, b], dim=-1), t, cond_mask=cond_mask, samples=samples)
 
 
 @dataclass
@@ -284,21 +292,22 @@ class ResidualFlowDecoder(ResidualDecoder):
         return self.config.flow_loss(self._refiner_fn(cond, b, cond_mask), c_0, c_1, mask)
 
     def _refine_sample(self, cond, b, steps, generator, temperature: float, cond_mask=None,
-                       guide: PrefixGuide | None = None):
+                       guide: PrefixGuide | None = None, samples: int = 1):
         """guide: RTC guidance in the refiner's coordinates (its target already mapped by to_coords)."""
         c_0 = self.to_coords(self.source(b, generator, temperature), b)
-        return self.from_coords(self.config.integrate(self._refiner_fn(cond, b, cond_mask), c_0, steps, guide), b)
+        field = self._refiner_fn(cond, b, cond_mask, samples)
+        return self.from_coords(self.config.integrate(field, c_0, steps, guide), b)
 
     def _inpaint_around(self, cond, b, k, steps, generator, temperature, cond_mask, inpaint):
-        cond_k, b_k, cond_mask_k = repeat_samples(cond, k), repeat_samples(b, k), repeat_samples(cond_mask, k)
+        b_k = repeat_samples(b, k)
         # Guide in the refiner's coordinates: the prefix as the refiner would see it around the same base.
         guide = PrefixGuide(self.to_coords(inpaint.repeated(k), b_k), inpaint.weights, inpaint.beta)
-        x = self._refine_sample(cond_k, b_k, steps, generator, temperature, cond_mask_k, guide)
+        x = self._refine_sample(cond, b_k, steps, generator, temperature, cond_mask, guide, samples=k)
         return x.view(cond.shape[0], k, *self.config.target_shape)
 
     def nfe(self, steps: int | None = None) -> int:
         """Base evaluations (none for an external base) plus the refiner's steps."""
-        return self.base_nfe() + (steps or self.config.steps)
+        return self.base_nfe() + (self.config.steps if steps is None else steps)
 
 
 @dataclass
@@ -315,36 +324,37 @@ class ResidualDriftDecoder(ResidualDecoder):
     summary = "new: base predictor + one-step drifting refiner of the residual; NFE = base + 1"
     config_class = ResidualDriftConfig
 
-    def _generate(self, cond, b, generator=None, temperature: float = 1.0, cond_mask=None):
-        """One step from the source in coordinates (config.one_step: c_0 + v(c_0, 0) or v(c_0, 1))."""
-        return self._generate_from(cond, b, randn(b.shape, b, generator), temperature, cond_mask)
+    def _generate(self, cond, b, generator=None, temperature: float = 1.0, cond_mask=None, samples: int = 1):
+        """One step from the source in coordinates (config.one_step: c_0 + v(c_0, 0) or v(c_0, 1)); b [B * S, T, D]."""
+        return self._generate_from(cond, b, randn(b.shape, b, generator), temperature, cond_mask, samples)
 
-    def _generate_from(self, cond, b, eps: Tensor, temperature: float = 1.0, cond_mask=None):
-        """_generate from given standard-normal noise eps [N, T, D] (source x_0 = b + temperature sigma eps)."""
+    def _generate_from(self, cond, b, eps: Tensor, temperature: float = 1.0, cond_mask=None, samples: int = 1):
+        """_generate from given standard-normal noise eps [B * S, T, D] (source x_0 = b + temperature sigma eps)."""
         c_0 = self.to_coords(b + temperature * self.sigma * eps, b)
-        return self.config.one_step_sample(self._refiner_fn(cond, b, cond_mask), c_0)  # as drift's
+        return self.config.one_step_sample(self._refiner_fn(cond, b, cond_mask, samples), c_0)  # as drift's
 
     def _inpaint_around(self, cond, b, k, steps, generator, temperature, cond_mask, inpaint):
         n_rows, k_all, shape = cond.shape[0], max(k, inpaint.request.candidates), self.config.target_shape
         eps = randn((n_rows * k_all, *shape), b, generator).view(n_rows, k_all, *shape)  # as _generate draws it
 
+        prefix = self.refiner.prefix(cond, cond_mask)  # projected once for every candidate and noise step
+
         def generate(e: Tensor) -> Tensor:  # [B, n, T, D] noise -> [B, n, T, D] normalised refinements
             n = e.shape[1]
             b_n = repeat_samples(b, n)
-            c = self._generate_from(repeat_samples(cond, n), b_n, e.flatten(0, 1), temperature,
-                                    repeat_samples(cond_mask, n))
+            c = self._generate_from(prefix, b_n, e.flatten(0, 1), temperature, samples=n)
             return self.from_coords(c, b_n).view(n_rows, n, *shape)
 
         return inpaint_one_step(generate, eps, k, inpaint)
 
     def _refine_loss(self, cond, b, x_1, mask, cond_mask=None):
         g = self.config.train_samples
-        c = self._generate(repeat_samples(cond, g), repeat_samples(b, g), cond_mask=repeat_samples(cond_mask, g))
+        c = self._generate(cond, repeat_samples(b, g), cond_mask=cond_mask, samples=g)
         c = c.view(x_1.shape[0], g, *x_1.shape[1:])  # [B, G, T, D]
         return self.config.drift_loss(c, self.to_coords(x_1, b), mask)
 
-    def _refine_sample(self, cond, b, steps, generator, temperature: float, cond_mask=None):
-        return self.from_coords(self._generate(cond, b, generator, temperature, cond_mask), b)
+    def _refine_sample(self, cond, b, steps, generator, temperature: float, cond_mask=None, samples: int = 1):
+        return self.from_coords(self._generate(cond, b, generator, temperature, cond_mask, samples), b)
 
     def nfe(self, steps: int | None = None) -> int:
-        return self.base_nfe() + 1
+        return self.base_nfe() + (0 if steps == 0 else 1)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from driftkit.nets.base import ChunkNet, NetSpec, register_net
+from driftkit.nets.base import ChunkNet, NetSpec, Prefix, register_net
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 1000.0) -> Tensor:
@@ -30,10 +30,11 @@ class ResidualBlock(nn.Module):
 
 @register_net("mlp")
 class MLPNet(ChunkNet):
-    """Needs cond [N, C] (pooled features); the time embedding is concatenated at the input. It does not pool
-    over prefix states: a [N, L, C] cond is refused, so cond_mask (which only marks rows of a 3-D cond) is
+    """Needs cond [B, C] (pooled features); the time embedding is concatenated at the input. It does not pool
+    over prefix states: a [B, L, C] cond is refused, so cond_mask (which only marks rows of a 3-D cond) is
     accepted for the common signature and has nothing to act on."""
 
+    name = "mlp"
     time_dim = 64
 
     def __init__(self, spec: NetSpec):
@@ -44,16 +45,24 @@ class MLPNet(ChunkNet):
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(spec.depth)])
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, spec.horizon * spec.out_dim))
 
-    def forward(
-        self, cond: Tensor, x: Tensor | None = None, t: Tensor | None = None, cond_mask: Tensor | None = None
-    ) -> Tensor:
-        spec = self.spec
-        if cond.dim() != 2:
-            raise ValueError(f"net 'mlp' takes pooled features cond [N, C], got shape {list(cond.shape)}")
-        parts = [cond]
+    def project(self, cond: Tensor, cond_mask: Tensor | None) -> tuple:
+        """cond [B, C] -> (cond,): nothing is projected ahead (see evaluate)."""
+        if cond.dim() != 2 or cond.shape[-1] != self.spec.cond_dim:
+            raise ValueError(f"net 'mlp' takes pooled features cond [N, C] with C={self.spec.cond_dim}, got shape "
+                             f"{list(cond.shape)}")
+        return (cond,)
+
+    def evaluate(self, prefix: Prefix, x: Tensor | None, t: Tensor | None, samples: int) -> Tensor:
+        # The cond rows are repeated into the input layer's concatenation rather than projected once and
+        # broadcast: that layer is a small share of the net's cost (4 % of a drift step on the metaworld-state
+        # policy, benchmarks/results/train_step_cost_cpu.md), and the concatenated form keeps the arithmetic,
+        # hence trained weights and samples, bit-identical to a net that is handed repeated cond.
+        spec, (cond,) = self.spec, prefix.memory
+        n = prefix.rows * samples
+        parts = [cond.repeat_interleave(samples, dim=0) if samples > 1 else cond]
         if spec.in_dim:
-            parts.append(x.reshape(x.shape[0], -1))
+            parts.append(x.reshape(n, -1))
         if spec.use_time:
             parts.append(sinusoidal_embedding(t, self.time_dim))
         h = self.blocks(self.inp(torch.cat(parts, dim=-1)))
-        return self.out(h).view(cond.shape[0], spec.horizon, spec.out_dim)
+        return self.out(h).view(n, spec.horizon, spec.out_dim)
