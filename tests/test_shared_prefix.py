@@ -25,6 +25,8 @@ from driftkit.rtc import Inpaint
 
 T, D, C, L, B = 3, 2, 12, 8, 3
 NAMES = sorted(list_decoders())
+VARIANTS = {"discrete_flow (velocity head)": ("discrete_flow", {"velocity": "head"})}
+CASES = NAMES + sorted(VARIANTS)  # decoder names, plus options whose sampling takes another route
 
 
 @pytest.fixture(autouse=True)
@@ -122,9 +124,10 @@ def repeating_twin(dec):
     return twin
 
 
-def decoder(name: str, net: str):
+def decoder(case: str, net: str):
+    name, opts = VARIANTS.get(case, (case, {}))
     torch.manual_seed(0)
-    opts = {"base": "regression"} if name.startswith("residual") else {}
+    opts = {"base": "regression", **opts} if name.startswith("residual") else dict(opts)
     dec = make_decoder(name, cond_dim=C, target_shape=(T, D), net=net, hidden_dim=32, depth=2, **opts)
     dec.fit_normalizer(torch.randn(32, T, D))
     return dec
@@ -156,7 +159,7 @@ def run(dec, cond, cond_mask, target) -> dict:
 
 
 @pytest.mark.parametrize("net", ["expert", "mlp"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_shared_prefix_equals_repeated_cond(name, net):
     """Mutations caught: a decoder's noise drawn in another row layout than the samples it is paired with
     (e.g. [K, B] against cond's [B, K]); samples= not passed (a row-count error) or passed where x has one row
@@ -191,7 +194,7 @@ def watch(dec) -> dict:
     return seen
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_no_net_call_sees_a_repeated_prefix_and_each_projects_once(name):
     """Mutations caught: a decoder still repeating cond (repeat_samples(cond, k)) before a net call; a
     multi-step sampler (Euler, CTMC, noise refinement) handing the raw cond to every step, which projects it
