@@ -14,7 +14,8 @@ Task groups, chosen by measurement (the route check runs first and is part of th
 One result file per (configuration, training seed) in benchmarks/results/metaworld-vla/, resumable; the
 machinery is benchmarks/sweep.py, shared with metaworld_mt10.py. Demonstrations and checkpoints live under
 --work-dir (runs/ is git-ignored). Configurations sharing a checkpoint train it once: flow-10 / flow-1, drift /
-drift + KeyStone, residual_flow[regression] / its own base, residual_flow[fast] / FAST alone.
+drift + KeyStone, residual_flow[regression] / its own base, residual_flow[fast] / FAST alone. The first training
+seed of every configuration runs first (cheapest-to-train first, the drifting ones last), then the extra seeds.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ BASE_ONLY = {"steps": 0}  # a residual decoder with zero refinement steps return
 
 CONFIGS: dict[str, Run] = {
     "flow-10": Run("flow", "flow", {"steps": 10}, note="flow matching, 10 Euler steps"),
-    "drift": Run("drift", "drift", {"grouping": "action_dim"}, note="one-step drifting generator, action_dim groups"),
+    "regression": Run("regression", "regression", note="query-token states -> chunk, L1; deterministic"),
     "residual_flow[regression]": Run("residual_flow", "residual_flow",
                                      note="DRIFT-MLP: regression base + 10-step flow refiner"),
-    "regression": Run("regression", "regression", note="query-token states -> chunk, L1; deterministic"),
     "lm_tokens": Run("lm_tokens", "lm_tokens", note="256 bins per value through the VLM's LM-head rows"),
     "fast": Run("fast", "residual_flow", eval=BASE_ONLY, preset="metaworld-fast",
                 note="FAST tokens generated autoregressively through the LM head (the residual_flow[fast] "
@@ -49,15 +49,17 @@ CONFIGS: dict[str, Run] = {
                                note="DRIFT-Tokenizer: FAST base + 10-step flow refiner"),
     "residual_flow[lm_tokens]": Run("residual_flow-lm_tokens", "residual_flow", {"base": "lm_tokens"},
                                     note="DRIFT-Tokenizer: lm_tokens base + 10-step flow refiner"),
-    "residual_drift": Run("residual_drift", "residual_drift", note="regression base + one-step drifting refiner"),
     "discrete_flow": Run("discrete_flow", "discrete_flow", note="discrete flow matching over 256 bins"),
     "flow-1": Run("flow", "flow", {"steps": 10}, {"steps": 1}, note="the flow-10 checkpoint run with 1 Euler step"),
-    "drift+keystone8": Run("drift", "drift", {"grouping": "action_dim"}, {"num_samples": 8, "select": "keystone"},
-                           note="the drift checkpoint, K=8 samples, KeyStone selection"),
     "residual_flow[regression]-base": Run("residual_flow", "residual_flow", eval=BASE_ONLY,
                                           note="the residual_flow[regression] checkpoint's own regression base"),
+    "drift": Run("drift", "drift", {"grouping": "action_dim"}, note="one-step drifting generator, action_dim groups"),
+    "drift+keystone8": Run("drift", "drift", {"grouping": "action_dim"}, {"num_samples": 8, "select": "keystone"},
+                           note="the drift checkpoint, K=8 samples, KeyStone selection"),
+    "residual_drift": Run("residual_drift", "residual_drift", note="regression base + one-step drifting refiner"),
     "drift-chunk": Run("drift-chunk", "drift", {"grouping": "chunk"}, note="drift, whole chunk as one group"),
     "drift-timestep": Run("drift-timestep", "drift", {"grouping": "timestep"}, note="drift, one group per step"),
+
 }
 MULTI_SEED = ("flow-10", "flow-1", "drift", "drift+keystone8", "residual_flow[regression]",
               "residual_flow[regression]-base")
