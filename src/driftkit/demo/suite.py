@@ -43,6 +43,15 @@ ENTRIES = [
     Entry("discrete_flow", "discrete_flow"),
 ]
 
+DISCRETE_FLOW_VARIANTS = [
+    Entry("discrete_flow", "discrete_flow"),
+    Entry("discrete_flow (head)", "discrete_flow", {"velocity": "head"}),
+    Entry("discrete_flow (embedding d)", "discrete_flow", {"distance": "embedding"}),
+    Entry("discrete_flow (head, embedding d)", "discrete_flow", {"velocity": "head", "distance": "embedding"}),
+]
+"""DFM-VLA's two velocities (posterior vs head) x two metric-path distances (bins vs the decoder's own token
+embeddings); run with run_suite(settings, DISCRETE_FLOW_VARIANTS) (docs/decoders.md, discrete_flow)."""
+
 
 @dataclass
 class SuiteSettings:
