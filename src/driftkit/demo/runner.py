@@ -20,7 +20,7 @@ from driftkit.demo.tasks import Task
 from driftkit.normalize import NormStats
 from driftkit.policy import ConditionPolicyConfig
 from driftkit.policy.keys import ACTION_KEY, STATE_KEY
-from driftkit.selection import best_of_k, keystone
+from driftkit.selection import best_of_k, select_normalized
 from driftkit.timing import median_ms
 from driftkit.train import DataConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainResult, train
 
@@ -45,7 +45,8 @@ class Scores:
     err: float
     """First sample's distance to the nearest mode of the true distribution."""
     err_keystone: float
-    """KeyStone's choice among K samples (C = 2 clusters), distance to the nearest mode."""
+    """KeyStone's choice among K samples (C = 2 clusters, on the decoder's normalised samples, as
+    Policy.predict selects), distance to the nearest mode."""
     err_best_of_k: float
     """Oracle best of K samples, distance to the drawn target."""
     on_mode: float
@@ -146,7 +147,7 @@ def evaluate(dec: Decoder, task: Task, n: int = 1000, k: int = 8, steps: int | N
     on = nearest < tol
     shares = [float(((which == m) & on).sum() / on.sum().clamp_min(1)) for m in range(batch.modes.shape[1])]
     best = best_of_k(samples, batch.target).chunk
-    chosen = keystone(samples, clusters=2).chunk
+    chosen = select_normalized(samples, dec.normalizer.normalize, "keystone", clusters=2).chunk
     return Scores(
         err=float(nearest[:, 0].mean()),
         err_keystone=float(_rms(chosen.unsqueeze(1), batch.modes).min(-1).values.mean()),

@@ -136,9 +136,7 @@ class Policy(nn.Module):
             return samples[:, 0]
         from driftkit import selection
 
-        normed = self.decoder.normalizer.normalize(samples)  # [B, K, T, D]
-        chosen = selection.keystone(normed, clusters=clusters) if select == "keystone" else selection.medoid(normed)
-        return samples[torch.arange(samples.shape[0], device=samples.device), chosen.index]
+        return selection.select_normalized(samples, self.decoder.normalizer.normalize, select, clusters).chunk
 
     # ---- training set-up -----------------------------------------------------------------------------------
     @classmethod

@@ -89,3 +89,13 @@ def keystone(
     flat = _flatten(samples, exec_steps, dims)
     index = torch.tensor([_keystone_one(f, clusters, guard) for f in flat], device=samples.device)
     return _gather(samples, index)
+
+
+def select_normalized(samples: Tensor, normalize, how: str = "keystone", clusters: int = 2) -> Selection:
+    """samples [B, K, T, D] in action units; normalize maps them to the decoder's normalised units, where the
+    selector (keystone or medoid) measures its distances -> the chosen samples, in action units."""
+    if how not in ("keystone", "medoid"):
+        raise ValueError(f"got how={how!r}, must be 'keystone' or 'medoid'")
+    normed = normalize(samples)
+    index = (keystone(normed, clusters=clusters) if how == "keystone" else medoid(normed)).index
+    return _gather(samples, index)
