@@ -14,7 +14,8 @@ size pairs (all with both sides shrinking) that follow no rule we found; for tho
 ~20 levels off in ~30 % of the pixels (about one level on average). With float32 sums about 1 value in 10^4
 lands on the neighbouring level (exact .5 ties); float64 sums are bit-exact but 2-3x slower on a CPU.
 Images of the same size share one pair of weight matrices, so B * N camera images are two batched matmuls
-(dense: on a CPU they beat a gather over the few taps per pixel by 5-10x).
+(cut into bands of output rows to skip most zero weights; a gather over the few taps per pixel is 5-10x
+slower on a CPU).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor
 
 # Pillow's resampling filters (PIL.Image.Resampling values) -> (kernel, support in input pixels at scale 1).
 LANCZOS, BILINEAR, BICUBIC = 1, 2, 3
+BLOCK = 16  # output pixels per band of a resampling matrix (Resizer._blocks)
 
 
 def _bicubic(x: Tensor) -> Tensor:
@@ -78,12 +80,22 @@ class Resizer:
         if resample not in FILTERS:
             raise ValueError(f"got resample={resample!r}; supported Pillow filters: {sorted(FILTERS)}")
         self.resample, self.dtype = int(resample), dtype
-        self._weights: dict[tuple, Tensor] = {}
+        self._weights: dict[tuple, list] = {}
 
-    def _matrix(self, n_in: int, n_out: int, device: torch.device) -> Tensor:  # [n_out, n_in]
+    def _blocks(self, n_in: int, n_out: int, device: torch.device) -> list[tuple[int, int, Tensor]]:
+        """The weight matrix [n_out, n_in] cut into bands of BLOCK output rows, each with the input window
+        [start, stop) its taps cover: (start, stop, weights [rows, stop - start]); the bands skip the zeros
+        of the dense matrix (3-4x fewer multiplies at a 224 -> 64 resize)."""
         key = (n_in, n_out, str(device))
         if key not in self._weights:
-            self._weights[key] = resample_weights(n_in, n_out, self.resample).to(device, self.dtype)
+            w = resample_weights(n_in, n_out, self.resample)
+            bands = []
+            for lo in range(0, n_out, BLOCK):
+                rows = w[lo:lo + BLOCK]
+                used = (rows != 0).any(0).nonzero()
+                start, stop = int(used.min()), int(used.max()) + 1
+                bands.append((start, stop, rows[:, start:stop].to(device, self.dtype)))
+            self._weights[key] = bands
         return self._weights[key]
 
     def __call__(self, x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -98,12 +110,16 @@ class Resizer:
     def _horizontal(self, x: Tensor, w: int) -> Tensor:  # [..., H, W_in] -> [..., H, w]
         if x.shape[-1] == w:
             return x
-        return (x @ self._matrix(x.shape[-1], w, x.device).T).add_(0.5).floor_().clamp_(0, 255)
+        bands = self._blocks(x.shape[-1], w, x.device)
+        x = torch.cat([x[..., start:stop] @ band.T for start, stop, band in bands], -1)
+        return x.add_(0.5).floor_().clamp_(0, 255)
 
     def _vertical(self, x: Tensor, h: int) -> Tensor:  # [..., H_in, W] -> [..., h, W]
         if x.shape[-2] == h:
             return x
-        return (self._matrix(x.shape[-2], h, x.device) @ x).add_(0.5).floor_().clamp_(0, 255)
+        bands = self._blocks(x.shape[-2], h, x.device)
+        x = torch.cat([band @ x[..., start:stop, :] for start, stop, band in bands], -2)
+        return x.add_(0.5).floor_().clamp_(0, 255)
 
 
 @dataclass
