@@ -32,6 +32,8 @@ CONFIGS: dict[str, Run] = {
     "drift-chunk": Run("drift-chunk", "drift", {"grouping": "chunk"}, note="drift, whole chunk as one group"),
     "drift-timestep": Run("drift-timestep", "drift", {"grouping": "timestep"}, note="drift, one group per step"),
     "discrete_flow": Run("discrete_flow", "discrete_flow", note="discrete flow matching over 256 bins"),
+    "discrete_flow[head]": Run("discrete_flow-head", "discrete_flow", {"velocity": "head"},
+                               note="discrete flow, CTMC driven by an auxiliary rate head (DFM-VLA's velocity head)"),
 }
 MULTI_SEED = ("flow-10", "flow-1", "drift", "drift+keystone8")
 # The questions the summary answers: (config a, config b, question).
@@ -42,6 +44,8 @@ QUESTIONS = (
     ("residual_drift", "regression", "Does residual_drift beat its base predictor (regression)?"),
     ("drift+keystone8", "drift", "Does KeyStone (K=8) help drift?"),
     ("flow-10", "regression", "Does 10-step flow beat plain regression on this data?"),
+    ("discrete_flow[head]", "discrete_flow", "DFM-VLA: does the velocity head beat the posterior (embedding-guided) "
+     "construction?"),
 )
 
 

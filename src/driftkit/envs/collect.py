@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from driftkit.data import Feature, LeRobotWriter
-from driftkit.envs.routes import RouteFollower, route_waypoints
+from driftkit.envs.routes import RouteFollower, route_step_limit, route_waypoints
 from driftkit.envs.tasks import resolve_tasks
 
 STATE_KEY = "observation.state"
@@ -87,7 +87,7 @@ def run_demo(env, expert, cfg: CollectConfig, rng: np.random.Generator) -> Episo
     obs = env.reset()
     detour = int(rng.choice([-1, 1])) if rng.random() < cfg.alt_path_prob else 0
     waypoints = route_waypoints(obs.state, env.task, detour, cfg.detour_offset)
-    follow = RouteFollower(waypoints)
+    follow = RouteFollower(waypoints, route_step_limit(env.task))
     states, actions, images, success = [], [], [], False
     for _ in range(cfg.max_steps):
         action = follow(obs.state, expert(obs.state))

@@ -30,7 +30,10 @@ WALL_TASKS = ("reach-wall-v3",)
 """Tasks whose left/right routes go round a wall (the others get a sideways detour)."""
 GAIN = 10.0
 REACHED = 0.02  # metres: a waypoint counts as reached within this distance
-MAX_STEPS_PER_WAYPOINT = 60
+DETOUR_MAX_STEPS = 40
+"""Steps a detour steers toward its via-point before the expert takes over anyway."""
+WALL_MAX_STEPS = 60
+"""Steps per waypoint of a wall route (its legs are up to 0.36 m long; a step moves the hand at most ~1 cm)."""
 
 
 def detour_via_point(state: np.ndarray, task: str, side: int, offset: float) -> np.ndarray:
@@ -54,6 +57,11 @@ def wall_waypoints(state: np.ndarray, side: int) -> np.ndarray:
     return np.array([[x, y, _WALL_Z], [x, _WALL_PAST_Y, _WALL_Z]])
 
 
+def route_step_limit(task: str) -> int:
+    """Steps the route of `task` steers toward one waypoint at most."""
+    return WALL_MAX_STEPS if task in WALL_TASKS else DETOUR_MAX_STEPS
+
+
 def route_waypoints(state: np.ndarray, task: str, side: int, offset: float) -> np.ndarray:
     """[N, 3] waypoints of route `side` from the initial state (N = 0 for side 0, the expert's own path)."""
     if side not in (-1, 0, 1):
@@ -66,16 +74,18 @@ def route_waypoints(state: np.ndarray, task: str, side: int, offset: float) -> n
 
 
 class RouteFollower:
-    """Steers the hand through `waypoints` with a proportional controller, then lets the expert act."""
+    """Steers the hand through `waypoints` with a proportional controller, then lets the expert act. A waypoint
+    is left once reached or after `max_steps` steps toward it."""
 
-    def __init__(self, waypoints: np.ndarray):
+    def __init__(self, waypoints: np.ndarray, max_steps: int):
         self.waypoints = list(np.asarray(waypoints, dtype=np.float64))
+        self.max_steps = int(max_steps)
         self.steps_on_current = 0
 
     def __call__(self, state: np.ndarray, expert_action: np.ndarray) -> np.ndarray:
         while self.waypoints:
             if (np.linalg.norm(self.waypoints[0] - state[:3]) < REACHED
-                    or self.steps_on_current >= MAX_STEPS_PER_WAYPOINT):
+                    or self.steps_on_current >= self.max_steps):
                 self.waypoints.pop(0)
                 self.steps_on_current = 0
                 continue
@@ -104,7 +114,7 @@ def _run_route(task: str, seed: int, side: int, max_steps: int, offset: float) -
     expert = make_expert(task)
     with MetaWorldEnv(task, seed=seed, max_steps=max_steps) as env:
         obs = env.reset()
-        follow = RouteFollower(route_waypoints(obs.state, task, side, offset))
+        follow = RouteFollower(route_waypoints(obs.state, task, side, offset), route_step_limit(task))
         actions = []
         for _ in range(max_steps):
             action = np.clip(follow(obs.state, expert(obs.state)), -1.0, 1.0).astype(np.float32)
