@@ -54,9 +54,9 @@ class MLPNet(ChunkNet):
 
     def evaluate(self, prefix: Prefix, x: Tensor | None, t: Tensor | None, samples: int) -> Tensor:
         # The cond rows are repeated into the input layer's concatenation rather than projected once and
-        # broadcast: that layer is a small share of the net's cost (4 % of a drift step on the metaworld-state
-        # policy, benchmarks/results/train_step_cost_cpu.md), and the concatenated form keeps the arithmetic,
-        # hence trained weights and samples, bit-identical to a net that is handed repeated cond.
+        # broadcast: that layer is a small share of the net's cost (the blocks run per sample either way), and
+        # the concatenated form keeps the arithmetic, hence trained weights and samples, bit-identical to a
+        # net handed repeated cond.
         spec, (cond,) = self.spec, prefix.memory
         n = prefix.rows * samples
         parts = [cond.repeat_interleave(samples, dim=0) if samples > 1 else cond]
