@@ -5,6 +5,7 @@
     FASTPolicy    a VLM's FAST tokens through its LM head, refined by a residual  kind "fast"
     ConditionPolicy  a decoder on a given condition vector (observation.state)    kind "cond"
     DFMPolicy     discrete flow refinement of action-bin tokens through the VLM   kind "dfm"
+    TextPolicy    a VLM answering in text through its LM head (grounding)         kind "text"
 
     policy = make_policy(config)                     # any PolicyConfig subclass
     policy.save_pretrained(dir); load_policy(dir)    # one atomic directory format for every kind
@@ -16,6 +17,7 @@ from driftkit.policy.config import PolicyConfig
 from driftkit.policy.dfm import DFMPolicy, DFMPolicyConfig
 from driftkit.policy.fast import FASTPolicy, FASTPolicyConfig
 from driftkit.policy.state import StatePolicy, StatePolicyConfig
+from driftkit.policy.text import TextPolicy, TextPolicyConfig
 from driftkit.policy.vlm import VLMPolicy, VLMPolicyConfig
 
 CONFIGS = {kind: cls.config_class for kind, cls in POLICIES.items()}
@@ -48,6 +50,8 @@ __all__ = [
     "PolicyConfig",
     "StatePolicy",
     "StatePolicyConfig",
+    "TextPolicy",
+    "TextPolicyConfig",
     "VLMPolicy",
     "VLMPolicyConfig",
     "load_policy",

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from driftkit.errors import check_choice, check_positive
-from driftkit.policy import CONFIGS, FASTPolicyConfig, PolicyConfig, StatePolicyConfig, VLMPolicyConfig
+from driftkit.policy import (
+    CONFIGS, FASTPolicyConfig, PolicyConfig, StatePolicyConfig, TextPolicyConfig, VLMPolicyConfig,
+)
 from driftkit.train.overrides import apply_override, parse_assignment
 
 DATA_SOURCES = ("toy", "lerobot", "given")
@@ -256,6 +258,21 @@ def _metaworld_vla_large() -> TrainConfig:
     )
 
 
+def _grounding_pretrain() -> TrainConfig:
+    """A Qwen2.5-VL-family VLM trained from scratch through its text interface on the procedural grounding mix
+    (driftkit.grounding.pretrain: boxes, intervals, descriptions as text). The data is handed to train()
+    (data.source=given); model.backbone=DIR takes a from-scratch checkpoint of another size
+    (grounding.pretrain_model.init_checkpoint), as benchmarks/grounding_pretrain.py does."""
+    return TrainConfig(
+        model=TextPolicyConfig(backbone="qwen2_5_vl-tiny", image_size=112, mode="full"),
+        data=DataConfig(source="given"),
+        optim=OptimConfig(lr=1e-3, batch_size=32),
+        schedule=ScheduleConfig(steps=2000, warmup_steps=100),
+        output_dir="runs/grounding-pretrain",
+        checkpoint_every=250,
+    )
+
+
 PRESETS: dict[str, tuple[Callable[[], TrainConfig], str]] = {
     "toy": (_toy, "synthetic 2-task chunks (S=8, T=4, D=2), tiny nets, 200 steps; seconds on a laptop CPU"),
     "toy-vla": (_toy_vla, "the toy chunks through smolvlm-tiny (synthetic camera + instruction), 100 steps"),
@@ -279,6 +296,11 @@ PRESETS: dict[str, tuple[Callable[[], TrainConfig], str]] = {
     "metaworld-vla-large": (
         _metaworld_vla_large,
         "for a GPU: qwen2_5_vl-mid (or model.backbone=DIR) in LoRA, bf16, 224 px, 30k steps",
+    ),
+    "grounding-pretrain": (
+        _grounding_pretrain,
+        "text-interface pretraining (kind text) on the procedural grounding mix; data given by "
+        "benchmarks/grounding_pretrain.py",
     ),
 }
 
