@@ -83,6 +83,9 @@ QUESTIONS = (
 LARGE = {"preset": "metaworld-vla-large", "episodes_per_task": 100, "train_steps": 30_000, "batch_size": 64,
          "eval_episodes": 25, "eval_seeds": "0,1,2", "eval_workers": 16, "image_size": 224,
          "work_dir": "runs/metaworld-vla-large", "results": "benchmarks/results/metaworld-vla-large"}
+# The FAST rows train from the metaworld-fast preset (tiny); at the large sizes they take the large preset's model.
+LARGE_FAST_SETS = ("model.backbone=qwen2_5_vl-mid", "model.mode=lora", "model.num_query_tokens=8",
+                   "model.decoder_options.hidden_dim=512", "model.decoder_options.depth=3", "mixed_precision=bf16")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -141,7 +144,7 @@ def train_sets(args, run: Run, seed: int, data: Path, out: Path) -> list[str]:
             f"steps={args.train_steps}", f"warmup={min(200, args.train_steps // 10)}",
             f"batch_size={args.batch_size}", f"lr={args.lr}", f"seed={seed}", f"output_dir={out}",
             f"checkpoint_every={every}", "keep_checkpoints=1", "log_every=100", "progress=false",
-            "tensorboard=false"]
+            "tensorboard=false", *(LARGE_FAST_SETS if args.large and run.preset == "metaworld-fast" else ())]
 
 
 def eval_config(args, run: Run):
