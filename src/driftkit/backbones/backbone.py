@@ -326,6 +326,20 @@ class Backbone(nn.Module):
         return VLMFeatures(query=out.hidden_states[self.config.layer], prefix=prefix.hidden, prefix_mask=mask,
                            cache=prefix.cache)
 
+    def layer_keys_values(self, cache, layers, prefix_len: int, rows: int | None = None) -> list[tuple[Tensor, Tensor]]:
+        """The prefix keys and values [rows, kv_heads, prefix_len, head_dim] that `cache` (encode(use_cache=True)'s
+        or encode_prefix's DynamicCache or StaticCache) holds at each decoder layer index in `layers`, keys rotated
+        as the model cached them: the first prefix_len columns (a StaticCache has more slots, encode's cache also
+        holds the query tokens) and the first `rows` rows (None = all; batch-bucket padding off). Views of the
+        cache, differentiable where the pass was (the layer-wise expert's condition, driftkit.nets.layerwise)."""
+        n = len(cache.layers)
+        bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < n)]
+        if bad or not layers:
+            raise ValueError(f"got layers={list(layers)}; the cache holds decoder layers 0..{n - 1}")
+        keep = slice(None) if rows is None else slice(0, rows)
+        return [(cache.layers[i].keys[keep, :, :prefix_len], cache.layers[i].values[keep, :, :prefix_len])
+                for i in layers]
+
 
 _CACHE_ARGUMENT: dict[type, str] = {}  # model class -> name of its forward's KV-cache argument
 

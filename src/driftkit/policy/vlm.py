@@ -11,11 +11,15 @@ then the query tokens. Which features the decoder sees (`cond`):
     pooled   [B, Q * H]      query states flattened (for pooled nets such as "mlp")
     query    [B, Q, H]       query states (for "expert" and "lm_tokens")
     context  [B, L + Q, H]   prefix then query states, padding zeroed (for "expert")
+    cache    [B, L (+ 1), C] the prefix keys/values of the VLM layers the expert reads, packed
+                             (driftkit.nets.layerwise.LayerCache; for "layerwise_expert"), C = 2 * layers *
+                             kv_heads * head_dim; no query pass runs, and the state is one more row
 
 The state vector goes to the decoder, not into the prefix: a zero-initialised linear map of the normalised
 state is added to every query state. The prefix then holds exactly the image + text inputs a pretrained VLM
 was trained on (as pi0 feeds the state to its action expert rather than to the VLM), the state costs no
-prefix tokens, and an untrained projection leaves the pretrained features unchanged.
+prefix tokens, and an untrained projection leaves the pretrained features unchanged. With cond="cache" the
+zero-initialised map of the state is one extra row of keys/values that every expert layer attends to.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from driftkit.policy.config import PolicyConfig
 from driftkit.policy.keys import ACTION_KEY, STATE_KEY, TASK_KEY
 from driftkit.timing import StageTimer, stage_of
 
-COND_KINDS = ("pooled", "query", "context")
+COND_KINDS = ("pooled", "query", "context", "cache")
+CACHE_LAYERS = ("all", "first_half")
 BACKBONE_ASSETS = "backbone"
 
 
@@ -53,7 +58,10 @@ class VLMPolicyConfig(PolicyConfig):
     num_query_tokens: int = 4
     """Q, query tokens appended after the prompt; lm_tokens needs at least T * D of them."""
     cond: str = "context"
-    """Which backbone features the decoder sees: pooled, query or context (see the module docstring)."""
+    """Which backbone features the decoder sees: pooled, query, context or cache (see the module docstring)."""
+    cache_layers: str = "all"
+    """cond="cache": which VLM decoder layers the layer-wise expert reads, one per expert block in order: "all",
+    or "first_half" (SmolVLA's proportions: layers 0 .. ceil(N / 2) - 1)."""
     image_size: int | None = None
     """Presets only: the backbone's input side in pixels (None = the preset's default)."""
     image_shape: tuple[int, ...] = ()
@@ -68,6 +76,7 @@ class VLMPolicyConfig(PolicyConfig):
     def __post_init__(self):
         super().__post_init__()
         check_choice("cond", self.cond, COND_KINDS)
+        self._check_cache()
         check_positive("num_query_tokens", self.num_query_tokens)
         self.image_shape = tuple(int(s) for s in self.image_shape)
         if self.image_shape and (len(self.image_shape) != 3 or self.image_shape[0] != 3):
@@ -75,7 +84,25 @@ class VLMPolicyConfig(PolicyConfig):
         self.backbone_config()  # validates mode, image_size and backbone_options now
 
     def default_decoder_options(self) -> dict:
+        if self.cond == "cache":
+            return {"net": "layerwise_expert"}
         return {"net": "mlp" if self.cond == "pooled" else "expert"}
+
+    def _check_cache(self) -> None:
+        """cond="cache" and the layer-wise expert only go together; its cache must be kept in training."""
+        check_choice("cache_layers", self.cache_layers, CACHE_LAYERS)
+        net = {**self.default_decoder_options(), **self.decoder_options}.get("net")
+        if (self.cond == "cache") != (net == "layerwise_expert"):
+            raise ValueError(f"got cond={self.cond!r} with net={net!r}: the 'layerwise_expert' net reads the packed "
+                             "layer cache of cond='cache', and only that net does; use the two together")
+        if self.cond != "cache":
+            return
+        if "lm_tokens" in (self.decoder, self.decoder_options.get("base")):
+            raise ValueError("got lm_tokens with cond='cache': lm_tokens reads query states through the LM head, and "
+                             "cond='cache' holds the prefix keys/values only; use cond='query' or 'context'")
+        if self.gradient_checkpointing:
+            raise ValueError("got gradient_checkpointing=True with cond='cache': transformers keeps no KV cache "
+                             "under gradient checkpointing, and the cache is the condition")
 
     @property
     def has_unused_parameters(self) -> bool:
@@ -135,17 +162,35 @@ class VLMPolicy(Policy):
         h, q = self.backbone.hidden_size, self.backbone.num_query_tokens
         options = {**config.default_decoder_options(), **config.decoder_options}
         cond_dim = q * h if config.cond == "pooled" else h
+        self.cache_layers: list[int] = []  # cond="cache": the VLM decoder layers the expert reads
+        if config.cond == "cache":
+            cond_dim, options = self._cache_layout(options)
         self.decoder = make_decoder(config.decoder, cond_dim, config.target_shape, **options)
         self.decoder.init_from_lm_head(self.backbone.lm_head_rows)
         self.state_proj = None
         if config.state_dim:
-            self.state_proj = nn.Linear(config.state_dim, h)
+            self.state_proj = nn.Linear(config.state_dim, cond_dim if config.cond == "cache" else h)
             nn.init.zeros_(self.state_proj.weight)
             nn.init.zeros_(self.state_proj.bias)
         kind = "mean_std" if config.normalize_state else "none"
         self.state_normalizer = Normalizer(max(config.state_dim, 1), kind)
         if config.gradient_checkpointing:
             self._enable_checkpointing()
+
+    def _cache_layout(self, options: dict) -> tuple[int, dict]:
+        """cond="cache": set the layers read -> (packed width C, the decoder options with SmolVLA's proportions
+        as defaults: one expert block per layer read, expert width 0.75x the VLM's)."""
+        text = self.backbone.model.config.get_text_config()
+        n = text.num_hidden_layers
+        self.cache_layers = list(range(n if self.config.cache_layers == "all" else (n + 1) // 2))
+        width = max(8, round(0.75 * self.backbone.hidden_size / 8) * 8)
+        options = {"depth": len(self.cache_layers), "hidden_dim": width, **options}
+        if options["depth"] != len(self.cache_layers):
+            raise ValueError(f"got depth={options['depth']} with cond='cache' and cache_layers="
+                             f"{self.config.cache_layers!r}: the layer-wise expert has one block per VLM layer read "
+                             f"({len(self.cache_layers)} of {n})")
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        return 2 * len(self.cache_layers) * text.num_key_value_heads * head_dim, options
 
     def _enable_checkpointing(self) -> None:
         model = self.backbone.model
@@ -197,6 +242,33 @@ class VLMPolicy(Policy):
         real = feats.query.new_ones(feats.query.shape[:2], dtype=torch.bool)
         return Condition(torch.cat([feats.prefix, feats.query], 1).float(), torch.cat([feats.prefix_mask, real], 1))
 
+    def layer_cache(self, images, prompts):
+        """cond="cache": the prefix keys/values of self.cache_layers (driftkit.nets.layerwise.LayerCache). With
+        gradients into a full or LoRA backbone they come from one differentiable pass (encode keeps its cache);
+        otherwise from encode_prefix without autograd (a frozen prefix has nothing to train). No query pass."""
+        from driftkit.nets.layerwise import LayerCache
+
+        bb = self.backbone
+        if torch.is_grad_enabled() and bb.config.mode != "frozen":
+            feats = bb.encode(images, prompts, use_cache=True)
+            cache, l, mask, rows = feats.cache, feats.prefix.shape[1], feats.prefix_mask, None
+        else:
+            with torch.no_grad():
+                pre = bb.encode_prefix(images, prompts)
+            # rows: the prompts' own (a static-shape batch bucket pads the cache with more)
+            cache, l, rows = pre.cache, pre.inputs.prefix_len, len(prompts)
+            mask = pre.inputs.attention_mask[:rows, :l].bool()
+        kv = bb.layer_keys_values(cache, self.cache_layers, l, rows)
+        return LayerCache(tuple(k for k, _ in kv), tuple(v for _, v in kv), mask)
+
+    def cache_condition(self, layers, state: Tensor | None) -> Condition:
+        """LayerCache -> the decoder's cond [B, L, C] (float32, packed), plus one row from the state when used."""
+        cond, mask = layers.packed().float(), layers.mask
+        if state is not None:
+            row = self.state_proj(self.state_normalizer.normalize(state))[:, None]  # [B, 1, C]
+            cond, mask = torch.cat([cond, row], 1), torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        return Condition(cond, mask)
+
     def features(self, images, prompts):
         """Backbone features with gradients where they can reach trainable weights.
 
@@ -217,10 +289,14 @@ class VLMPolicy(Policy):
         with stage("preprocess"):
             images, prompts, state = self.inputs(obs)
         with stage("prefix"):
-            if torch.is_grad_enabled():
+            if self.config.cond == "cache":
+                layers = self.layer_cache(images, prompts)
+            elif torch.is_grad_enabled():
                 feats = self.features(images, prompts)
             else:
                 feats = self.backbone.encode_queries(self.backbone.encode_prefix(images, prompts))
+        if self.config.cond == "cache":
+            return self.cache_condition(layers, state)
         return self.condition(feats, state)
 
     # ---- persistence ----------------------------------------------------------------------------------------
