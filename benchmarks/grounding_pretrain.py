@@ -122,7 +122,9 @@ def run(args) -> dict:
 
         if found is None:
             raise SystemExit(f"--eval-only: no checkpoint in {out}")
-        policy, step = load_policy(found), int(found.name.split("-")[-1])
+        from driftkit.train.checkpoint import read_trainer_state
+
+        policy, step = load_policy(found), read_trainer_state(found).step
     else:
         if found is not None:
             cfg.resume = "latest"

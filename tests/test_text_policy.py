@@ -117,3 +117,10 @@ def test_config_errors_name_the_value():
     with pytest.raises(ValueError, match="answer"):
         TextPolicyConfig(backbone="qwen2_5_vl-tiny", answer="mask")
     assert TextPolicyConfig(backbone="qwen2_5_vl-tiny", answer="interval").target_shape == (1, 2)
+
+
+def test_pretrain_preset_is_a_text_policy_on_given_data():
+    from driftkit.train.config import make_config
+
+    cfg = make_config("grounding-pretrain", ["model.backbone=/some/dir", "model.image_size=null"])
+    assert cfg.model.kind == "text" and cfg.data.source == "given" and cfg.model.backbone == "/some/dir"
