@@ -11,7 +11,8 @@ model runs --warmup untimed steps, then --repeats timed ones, flow and drift alt
 load of a shared machine. The table gives the median and the min-max spread, and drift's median (and minimum)
 over flow's: on a machine shared with other jobs the minima are the least disturbed. Results merge into the
 JSON under --label (e.g. "before" from a checkout of the code before a change, "after" from the change;
-PYTHONPATH=<checkout>/src picks the library), so one file holds both.
+PYTHONPATH=<checkout>/src picks the library), so one file holds both. --net layerwise_expert runs the VLA with
+the layer-wise expert instead (cond="cache": one block per VLM layer, width 0.75x the VLM's, its defaults).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def build(model: str, decoder: str, args):
              "observation.state": torch.randn(b, config.state_dim, generator=g)}
     if model == "vla":
         config = dataclasses.replace(config, decoder=decoder, cameras=(CAMERA,), image_shape=(3, 64, 64))
+        if args.net == "layerwise_expert":
+            config = dataclasses.replace(config, cond="cache", decoder_options={})
         for key in config.cameras:
             batch[key] = torch.rand(b, 3, 64, 64, generator=g)
         batch["task"] = [f"task {i % 10}: push the puck to the goal" for i in range(b)]
@@ -92,7 +95,8 @@ def rows_for(model: str, args) -> list[dict]:
         policy, batch = policy_batch
         g = policy.decoder.config.train_samples if name == "drift" else None
         t = ms[name]
-        rows.append(dict(model=model, decoder=name, batch=len(batch["action"]), train_samples=g,
+        net = args.net if model == "vla" else "mlp"
+        rows.append(dict(model=model, net=net, decoder=name, batch=len(batch["action"]), train_samples=g,
                          median_ms=statistics.median(t), min_ms=min(t), max_ms=max(t), ms=t))
         print(f"{model:5s} {name:5s}: median {rows[-1]['median_ms']:.1f} ms ({min(t):.1f}-{max(t):.1f})", flush=True)
     return rows
@@ -108,15 +112,17 @@ def table(runs: dict) -> str:
     for label, run in runs.items():
         by = {(r["model"], r["decoder"]): r for r in run["rows"]}
         for r in run["rows"]:
-            flow = by.get((r["model"], "flow"))
+            flow, net = by.get((r["model"], "flow")), r.get("net", "expert" if r["model"] == "vla" else "mlp")
             ratio, best = None, ""
             if r["decoder"] == "drift" and flow:
                 ratio, best = r["median_ms"] / flow["median_ms"], f"{r['min_ms'] / flow['min_ms']:.2f}x"
-            lines.append(f"| {label} | {r['model']} | {r['decoder']} | {r['batch']} | {r['train_samples'] or ''} | "
+            lines.append(f"| {label} | {r['model']} ({net}) | {r['decoder']} | {r['batch']} | "
+                         f"{r['train_samples'] or ''} | "
                          f"{r['median_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | "
                          f"{'' if ratio is None else f'{ratio:.2f}x'} | {best} |")
             if ratio is not None and r["model"] == "vla":
-                verdicts.append(f"- {label}: {ratio:.2f}x (minima {best}), {'met' if ratio <= TARGET else 'not met'}")
+                verdict = "met" if ratio <= TARGET else "not met"
+                verdicts.append(f"- {label} ({net}): {ratio:.2f}x (minima {best}), {verdict}")
         commands.append(f"- {label}: `{run['command']}` (library: {run['driftkit']}; machine: "
                         f"{json.dumps(run['machine'])})")
     return "\n".join([*lines, "", f"Target (issue 14): a drift step at most {TARGET}x a flow step on the VLA.",
@@ -131,6 +137,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--net", default="expert", choices=["expert", "layerwise_expert"], help="the VLA's decoder net")
     p.add_argument("--label", default="run", help="key of this run in the results (e.g. before / after)")
     p.add_argument("--out", default="benchmarks/results/train_step_cost_cpu.json")
     p.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON's runs")
