@@ -26,6 +26,9 @@ from driftkit.backbones.config import BackboneConfig, VLMFeatures
 from driftkit.backbones.families import FAMILIES, IMAGE_SIZE, Family, family_of_model_type, get_family, list_presets
 from driftkit.backbones.families import torch_dtype
 from driftkit.backbones.inputs import PrefixInputs, camera_rows, check_batch, to_pil, to_uint8
+from driftkit.backbones.reduce import TokenReduction, place_reduced
+from driftkit.backbones.static import StaticCaches, bucket_rows, compile_module, default_mode, language_model
+from driftkit.backbones.static import pad_prefix, pad_rows
 from driftkit.backbones.tokenizer import byte_level_tokenizer
 
 ASSETS_FILE = "driftkit_backbone.json"
@@ -40,6 +43,7 @@ class PrefixState:
     cache: object  # DynamicCache holding the prefix keys/values, batch B * copies
     hidden: Tensor  # [B * copies, L, H] prefix states at the chosen layer
     copies: int = 1  # how many times each row has been repeated in the cache so far
+    rows: int | None = None  # B before batch-bucket padding (None = no padding): outputs keep these rows
 
 
 class Backbone(nn.Module):
@@ -72,6 +76,16 @@ class Backbone(nn.Module):
         # tensor preprocessing on the model's device when the processor is one the family reproduces; None =
         # the Pillow processor (set it to None to force that path)
         self.pixel_pipeline = self.family.tensor_pipeline(image_processor)
+        self.reduction = None  # visual token reduction (BackboneConfig.visual_keep < 1)
+        if config.visual_keep < 1:
+            if self.family.visual_features is None:
+                raise ValueError(f"got visual_keep={config.visual_keep}, but visual token reduction is not supported "
+                                 f"for family {self.family.name!r} (supported: qwen2_vl, qwen2_5_vl, smolvlm)")
+            self.reduction = TokenReduction(config.visual_keep, config.visual_merged, config.visual_score)
+        self.static_caches = None  # StaticCaches when static_prefix_len is set
+        if config.static_prefix_len is not None:
+            slots = config.static_prefix_len + self.num_query_tokens
+            self.static_caches = StaticCaches(model.config.get_text_config(), slots)
         self._apply_mode()
 
     # ---- construction ---------------------------------------------------------------------------------
@@ -254,7 +268,7 @@ class Backbone(nn.Module):
 
     def _pad(self, rows: list[list[int]], vision: dict) -> PrefixInputs:
         b, l, q = len(rows), max(len(r) for r in rows), self.num_query_tokens
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self._pad_id()
         ids = torch.full((b, l + q), pad, dtype=torch.long)
         mask = torch.zeros((b, l + q), dtype=torch.long)
         for i, r in enumerate(rows):
@@ -278,10 +292,36 @@ class Backbone(nn.Module):
             extra["token_type_ids"][:, l:] = 1  # query tokens attend causally, the prefix bidirectionally
         return PrefixInputs(ids, mask, pos, l, vision, extra)
 
+    def reduce_visual(self, inputs: PrefixInputs, reduction: TokenReduction | None = None) -> PrefixInputs:
+        """Run the vision encoder and keep fewer image tokens (driftkit.backbones.reduce): the placeholders of
+        the tokens left out leave input_ids, the mask and the positions with them, and the image features enter
+        as inputs_embeds. Qwen's 3-D positions are those of the full layout (kept tokens and the text keep
+        theirs); 1-D positions are renumbered. reduction: None = the config's (no-op at visual_keep = 1)."""
+        reduction = self.reduction if reduction is None else reduction
+        if reduction is None:
+            return inputs
+        if self.family.visual_features is None:
+            raise ValueError(f"visual token reduction is not supported for family {self.family.name!r}")
+        features = self.family.visual_features(self.model, inputs.vision)
+        embeds, columns = place_reduced(inputs, features, reduction, self.special_ids["image"],
+                                        self.model.get_input_embeddings())
+        inputs.inputs_embeds, inputs.vision = embeds, {}
+        offset = None if self.family.mrope else self.family.position_offset
+        return inputs.regather(columns, self._pad_id(), offset)
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
     # ---- passes -------------------------------------------------------------------------------------------
+    def compile(self, mode: str | None = None) -> None:
+        """torch.compile the LM's decoder stack in place (driftkit.backbones.static); mode None = "reduce-overhead"
+        (CUDA graphs) on a GPU, "default" on the CPU. Pair with static_prefix_len (and batch_buckets) so that
+        one graph serves every call. The vision tower stays eager."""
+        compile_module(language_model(self.model), mode or default_mode(self.device))
+
     def encode(self, images, prompts, use_cache: bool = False) -> VLMFeatures:
         """One uncached pass over [prefix | queries] (differentiable); use_cache keeps the KV cache."""
-        inputs = self.prepare(images, prompts)
+        inputs = self.reduce_visual(self.prepare(images, prompts))
         out = self.model(**inputs.full_kwargs(), use_cache=use_cache, output_hidden_states=True)
         h = out.hidden_states[self.config.layer]  # [B, L + Q, H]
         l = inputs.prefix_len
@@ -289,14 +329,26 @@ class Backbone(nn.Module):
         return VLMFeatures(query=h[:, l:], prefix=h[:, :l], prefix_mask=mask, cache=returned_cache(out))
 
     def encode_prefix(self, images, prompts) -> PrefixState:
-        """Image + prompt once into a DynamicCache; pair with encode_queries."""
+        """Image + prompt once into a DynamicCache; pair with encode_queries. With static shapes
+        (static_prefix_len, batch_buckets) the rows are padded to their bucket, the prefix to static_prefix_len,
+        and the cache is the bucket's StaticCache, reused: a later encode_prefix of the same bucket overwrites
+        it, so use one PrefixState at a time."""
         from transformers import DynamicCache
 
-        inputs = self.prepare(images, prompts)
-        cache = DynamicCache(config=self.model.config.get_text_config())
+        cfg, rows = self.config, len(prompts) if isinstance(prompts, (list, tuple)) else None
+        padded = rows is not None and bucket_rows(rows, cfg.batch_buckets) != rows
+        if padded:
+            images, prompts = pad_rows(images, prompts, bucket_rows(rows, cfg.batch_buckets))
+        inputs = self.reduce_visual(self.prepare(images, prompts))
+        if cfg.static_prefix_len is not None:
+            offset = None if self.family.mrope else self.family.position_offset
+            inputs = pad_prefix(inputs, cfg.static_prefix_len, self._pad_id(), offset)
+            cache = self.static_caches.fresh(inputs.input_ids.shape[0])
+        else:
+            cache = DynamicCache(config=self.model.config.get_text_config())
         out = self.model(**inputs.prefix_kwargs(), **cache_kwargs(self.model, cache), use_cache=True,
                          output_hidden_states=True)
-        return PrefixState(inputs, cache, out.hidden_states[self.config.layer])
+        return PrefixState(inputs, cache, out.hidden_states[self.config.layer], rows=rows if padded else None)
 
     def encode_queries(self, prefix: PrefixState, repeats: int = 1) -> VLMFeatures:
         """Suffix pass of the query tokens over a cached prefix, for `repeats` copies of each row.
@@ -309,6 +361,9 @@ class Backbone(nn.Module):
             raise ValueError(f"got repeats={repeats}; the prefix already holds {prefix.copies} copies per row, so "
                              "repeats must be a positive multiple of that")
         grow = repeats // prefix.copies
+        if grow > 1 and self.static_caches is not None:
+            raise ValueError(f"got repeats={repeats} with static_prefix_len set: a StaticCache has a fixed batch; "
+                             "sample several times from one query pass instead (the decoders share the prefix)")
         if grow > 1:
             prefix.cache.batch_repeat_interleave(grow)
             prefix.hidden = prefix.hidden.repeat_interleave(grow, dim=0)
@@ -323,8 +378,9 @@ class Backbone(nn.Module):
         )
         prefix.cache.crop(-self.num_query_tokens)  # back to the prefix alone
         mask = inputs.attention_mask[:, :l].bool().repeat_interleave(repeats, 0)
-        return VLMFeatures(query=out.hidden_states[self.config.layer], prefix=prefix.hidden, prefix_mask=mask,
-                           cache=prefix.cache)
+        keep = slice(None) if prefix.rows is None else slice(0, prefix.rows * repeats)  # bucket padding off
+        return VLMFeatures(query=out.hidden_states[self.config.layer][keep], prefix=prefix.hidden[keep],
+                           prefix_mask=mask[keep], cache=prefix.cache)
 
     def layer_keys_values(self, cache, layers, prefix_len: int, rows: int | None = None) -> list[tuple[Tensor, Tensor]]:
         """The prefix keys and values [rows, kv_heads, prefix_len, head_dim] that `cache` (encode(use_cache=True)'s

@@ -9,6 +9,7 @@ from torch import Tensor
 from driftkit.errors import check_choice, check_positive
 
 MODES = ("frozen", "lora", "full")
+VISUAL_SCORES = ("norm", "attention")
 
 
 @dataclass
@@ -46,6 +47,21 @@ class BackboneConfig:
     """Presets only: input image side in pixels (None = the preset's default, tiny 64 and mid 224). Qwen
     families round it down to a multiple of 28 (32 for Qwen3-VL); SmolVLM and PaliGemma need a multiple of 32
     and 16. A local checkpoint keeps its own processor's size."""
+    visual_keep: float = 1.0
+    """Training-free visual token reduction (driftkit.backbones.reduce): the share of each image's tokens kept,
+    the round(visual_keep * N) with the highest visual_score; 1.0 = no reduction. Qwen2-VL, Qwen2.5-VL, SmolVLM."""
+    visual_merged: int = 4
+    """With visual_keep < 1: the tokens left out are merged by cosine similarity into this many more (at most
+    as many as were left out); 0 = drop them."""
+    visual_score: str = "norm"
+    """How dominant tokens are ranked: "norm" (L2 norm of the encoder's output feature) or "attention" (the
+    mean attention each token receives in a parameter-free self-attention over the image's features)."""
+    static_prefix_len: int | None = None
+    """Static shapes (driftkit.backbones.static): left-pad every prefix to this many columns, so one compiled
+    graph (and one StaticCache) serves every call; a longer prefix is an error. None = each batch's own length."""
+    batch_buckets: tuple[int, ...] = ()
+    """Static shapes: pad a batch of B rows to the smallest bucket >= B by repeating its last row (the outputs
+    are sliced back to B); () = no batch padding. A batch larger than every bucket is an error."""
 
     def __post_init__(self):
         check_positive("num_query_tokens", self.num_query_tokens)
@@ -58,6 +74,15 @@ class BackboneConfig:
             raise ValueError(f"got query_token={self.query_token!r} with num_query_tokens={self.num_query_tokens}; "
                              "the format needs '{i}' to make distinct tokens")
         self.lora_targets = tuple(self.lora_targets)
+        if not 0.0 < self.visual_keep <= 1.0:
+            raise ValueError(f"got visual_keep={self.visual_keep}, must be in (0, 1]")
+        check_positive("visual_merged", self.visual_merged, allow_zero=True)
+        check_choice("visual_score", self.visual_score, VISUAL_SCORES)
+        if self.static_prefix_len is not None:
+            check_positive("static_prefix_len", self.static_prefix_len)
+        self.batch_buckets = tuple(sorted(int(b) for b in self.batch_buckets))
+        if any(b < 1 for b in self.batch_buckets):
+            raise ValueError(f"got batch_buckets={self.batch_buckets}, every bucket must be >= 1")
         if "{prompt}" not in self.prompt_format:
             raise ValueError(f"got prompt_format={self.prompt_format!r}; it must contain '{{prompt}}'")
 

@@ -63,6 +63,9 @@ class Family:
     tensor_preprocessor: type[TensorPreprocessor] | None = None
     """The TensorPreprocessor subclass that reproduces processor_class with tensor operations on the model's
     device (None = the Pillow processor only)."""
+    visual_features: Callable[[object, dict], list] | None = field(default=None, compare=False)
+    """function(model, image tensors) -> one [N_i, H] tensor per image (row-major): the encoder + connector
+    output in the LM's width, for visual token reduction; None = reduction is not supported."""
     presets: dict[str, Callable[[dict[str, int], int], object]] = field(default_factory=dict, compare=False)
     """Preset size ("tiny", "mid") -> function(token ids, image side) -> transformers config."""
 
@@ -141,6 +144,17 @@ class Family:
         if self.name == "smolvlm":
             return cls(do_image_splitting=False, size={"longest_edge": size}, max_image_size={"longest_edge": size})
         return cls(size={"height": size, "width": size})
+
+
+def _qwen_features(model, vision: dict) -> list:
+    out = model.model.get_image_features(vision["pixel_values"], vision["image_grid_thw"], return_dict=True)
+    return list(out.pooler_output)  # one [N_i, H] per image, in the merged patches' raster order
+
+
+def _idefics3_features(model, vision: dict) -> list:
+    pixels = vision["pixel_values"]  # [B, N, 3, H, W]
+    out = model.model.get_image_features(pixels, vision.get("pixel_attention_mask"), return_dict=True)
+    return [image for row in out.pooler_output for image in row.chunk(pixels.shape[1])]
 
 
 # ---- preset configs ------------------------------------------------------------------------------------
@@ -227,11 +241,13 @@ def _paligemma_config(size: str):
 
 
 def _qwen(name: str, version: str, cls: str) -> Family:
+    # Qwen3-VL also injects deepstack features at the image positions of later layers: not reducible here.
     return Family(
         name, f"{cls}ForConditionalGeneration", "Qwen2VLImageProcessorPil", (name,), QWEN_TOKENS,
         patch_multiple=28 if version != "3" else 32, mrope=True, block_head=("start",), block_tail=("end",),
         vision_keys=("pixel_values", "image_grid_thw"), tensor_preprocessor=QwenPatches,
         presets={size: _qwen_config(version, size) for size in SIZES},
+        visual_features=_qwen_features if version != "3" else None,
     )
 
 
@@ -244,7 +260,8 @@ FAMILIES: dict[str, Family] = {
         Family("smolvlm", "Idefics3ForConditionalGeneration", "Idefics3ImageProcessorPil", ("idefics3", "smolvlm"),
                IDEFICS3_TOKENS, patch_multiple=32, block_head=("start", "global"), block_tail=("start",),
                bos="first", nested_images=True, vision_keys=("pixel_values", "pixel_attention_mask"),
-               tensor_preprocessor=Idefics3Images, presets={s: _idefics3_config(s) for s in SIZES}),
+               tensor_preprocessor=Idefics3Images, presets={s: _idefics3_config(s) for s in SIZES},
+               visual_features=_idefics3_features),
         Family("paligemma", "PaliGemmaForConditionalGeneration", "SiglipImageProcessorPil", ("paligemma",),
                PALIGEMMA_TOKENS, patch_multiple=16, position_offset=1, bos="after_images", prompt_suffix="\n",
                prefix_lm=True, tensor_preprocessor=SiglipImages, presets={s: _paligemma_config(s) for s in SIZES}),

@@ -22,19 +22,55 @@ class PrefixInputs:
     attention_mask: Tensor  # [B, L + Q] 1 = real token
     position_ids: Tensor  # [B, L + Q], or [3, B, L + Q] for Qwen's 3-D rotary positions
     prefix_len: int  # L
-    vision: dict  # pixel_values and the family's extra image tensors
+    vision: dict  # pixel_values and the family's extra image tensors ({} once inputs_embeds holds the images)
     extra: dict  # per-token tensors the model needs (mm_token_type_ids / token_type_ids), [B, L + Q]
+    inputs_embeds: Tensor | None = None  # [B, L + Q, H] with the image features in place (visual reduction)
+
+    def _tokens(self, cols: slice) -> dict:
+        if self.inputs_embeds is None:
+            return dict(input_ids=self.input_ids[:, cols], **self.vision)
+        return dict(inputs_embeds=self.inputs_embeds[:, cols])
 
     def prefix_kwargs(self) -> dict:
         """Arguments of the prefix pass (columns [0, L))."""
         l = self.prefix_len
         extra = {k: v[:, :l] for k, v in self.extra.items()}
-        return dict(input_ids=self.input_ids[:, :l], attention_mask=self.attention_mask[:, :l],
-                    position_ids=self.position_ids[..., :l], **self.vision, **extra)
+        return dict(**self._tokens(slice(0, l)), attention_mask=self.attention_mask[:, :l],
+                    position_ids=self.position_ids[..., :l], **extra)
 
     def full_kwargs(self) -> dict:
-        return dict(input_ids=self.input_ids, attention_mask=self.attention_mask,
-                    position_ids=self.position_ids, **self.vision, **self.extra)
+        return dict(**self._tokens(slice(None)), attention_mask=self.attention_mask,
+                    position_ids=self.position_ids, **self.extra)
+
+    def regather(self, columns: list[Tensor], pad_id: int, position_offset: int | None,
+                 length: int | None = None) -> "PrefixInputs":
+        """A new left-padded layout: row r's prefix is its columns columns[r] (old indices, in order), then the
+        same query tokens. length: the new L (None = the longest row). Positions are gathered with the
+        columns (3-D ones; padding gets 1) or, with position_offset given, renumbered from the new mask."""
+        b, l, q = self.input_ids.shape[0], self.prefix_len, self.input_ids.shape[1] - self.prefix_len
+        new_l = max(len(c) for c in columns) if length is None else length
+        if max(len(c) for c in columns) > new_l:
+            raise ValueError(f"a prefix of {max(len(c) for c in columns)} tokens does not fit length={new_l}")
+        dev = self.input_ids.device
+        src = torch.full((b, new_l + q), -1, dtype=torch.long, device=dev)  # old column per new one, -1 = pad
+        for r, c in enumerate(columns):
+            src[r, new_l - len(c):new_l] = c
+        src[:, new_l:] = torch.arange(l, l + q, device=dev)
+        real, at = src >= 0, src.clamp_min(0)
+
+        def take(x: Tensor, fill) -> Tensor:  # x [B, L + Q, ...] -> [B, new_l + Q, ...]
+            index = at.view(b, -1, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+            keep = real.view(b, -1, *([1] * (x.dim() - 2)))
+            return torch.where(keep, x.gather(1, index), torch.as_tensor(fill, dtype=x.dtype, device=dev))
+
+        mask = real.to(self.attention_mask.dtype)
+        if position_offset is None:
+            pos = torch.stack([take(p, 1) for p in self.position_ids])  # [3, B, new_l + Q]
+        else:
+            pos = (mask.cumsum(-1) - 1).clamp_min(0) + position_offset
+        embeds = None if self.inputs_embeds is None else take(self.inputs_embeds, 0.0)
+        return PrefixInputs(take(self.input_ids, pad_id), mask, pos, new_l, self.vision,
+                            {k: take(v, 0) for k, v in self.extra.items()}, embeds)
 
 
 def to_uint8(image, where: str, min_side: int, family: str, device=None) -> Tensor:

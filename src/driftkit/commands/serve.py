@@ -31,6 +31,8 @@ def serve_command(
     batch_window_ms: float = typer.Option(2.0, help="How long the first waiting request waits for others to "
                                           "batch with (ms; 0 = only those already waiting)."),
     device: str = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ..."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the sampling path (CUDA graphs on a GPU) "
+                                 "and warm it up before serving (VLM policies; see driftkit.backbones.static)."),
 ) -> None:
     """Serve a policy over websockets: msgpack observations in, action chunks out; GET /healthz answers 200."""
     from driftkit.devices import resolve_device
@@ -47,6 +49,13 @@ def serve_command(
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise typer.BadParameter(str(err)) from None
     policy = load_policy(path, device=device)
+    if compile:
+        if not hasattr(policy, "compile") or not hasattr(policy, "backbone"):
+            raise typer.BadParameter(f"--compile supports VLM policies; this checkpoint holds a {policy.kind} policy")
+        from driftkit.backbones.static import warm_up
+
+        policy.compile()
+        warm_up(policy)
     server = PolicyServer(policy, host, port, max_batch=max_batch, batch_window_ms=batch_window_ms,
                           task_map=_served_task_map(path, policy))
 

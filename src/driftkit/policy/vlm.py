@@ -71,13 +71,20 @@ class VLMPolicyConfig(PolicyConfig):
     gradient_checkpointing: bool = False
     """Recompute the backbone's activations in the backward pass (families whose model supports it)."""
     backbone_options: dict = field(default_factory=dict)
-    """Further BackboneConfig fields, e.g. {"dtype": "bfloat16", "lora_rank": 8, "layer": -2}."""
+    """Further BackboneConfig fields, e.g. {"dtype": "bfloat16", "lora_rank": 8, "layer": -2}; static shapes for
+    compiled sampling: {"static_prefix_len": 96, "batch_buckets": [1, 8]}; fewer visual tokens: {"visual_keep": 0.5}."""
+    compile: str = "none"
+    """torch.compile the sampling path when the policy is built (VLMPolicy.compile): "none", "auto" (CUDA graphs,
+    "reduce-overhead", when a GPU is present, else "default") or a torch.compile mode."""
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("cond", self.cond, COND_KINDS)
         self._check_cache()
         check_positive("num_query_tokens", self.num_query_tokens)
+        from driftkit.backbones.static import COMPILE_MODES
+
+        check_choice("compile", self.compile, ("none", "auto", *COMPILE_MODES))
         self.image_shape = tuple(int(s) for s in self.image_shape)
         if self.image_shape and (len(self.image_shape) != 3 or self.image_shape[0] != 3):
             raise ValueError(f"got image_shape={self.image_shape}, must be () or (3, H, W)")
@@ -176,6 +183,18 @@ class VLMPolicy(Policy):
         self.state_normalizer = Normalizer(max(config.state_dim, 1), kind)
         if config.gradient_checkpointing:
             self._enable_checkpointing()
+        if config.compile != "none":
+            self.compile(None if config.compile == "auto" else config.compile)
+
+    def compile(self, mode: str | None = None) -> None:
+        """torch.compile, in place, the backbone's LM and the decoder's nets (its one step function); mode None =
+        "reduce-overhead" (CUDA graphs) when a GPU is present, else "default". Compilation happens on the first
+        calls: driftkit.backbones.static.warm_up(policy) makes them at load."""
+        from driftkit.backbones.static import compile_nets, default_mode
+
+        mode = mode or default_mode(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        self.backbone.compile(mode)
+        compile_nets(self.decoder, mode)
 
     def _cache_layout(self, options: dict) -> tuple[int, dict]:
         """cond="cache": set the layers read -> (packed width C, the decoder options with SmolVLA's proportions
