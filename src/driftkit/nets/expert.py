@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from driftkit.nets.attention import attention_heads, folded_cross_attention, split_heads
 from driftkit.nets.base import ChunkNet, NetSpec, Prefix, register_net
 from driftkit.nets.mlp import sinusoidal_embedding
 
@@ -36,28 +37,22 @@ class ExpertBlock(nn.Module):
         self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def _heads(self, x: Tensor) -> Tensor:
-        """[B, M, W] -> [B, heads, M, W / heads]."""
-        b, m, w = x.shape
-        heads = self.cross_attn.num_heads
-        return x.view(b, m, heads, w // heads).transpose(1, 2)
-
     def keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """context [B, L, W] -> keys, values [B, heads, L, W / heads] of the cross-attention."""
         w = context.shape[-1]
         weight, bias = self.cross_attn.in_proj_weight, self.cross_attn.in_proj_bias
         k = F.linear(context, weight[w : 2 * w], bias[w : 2 * w])
         v = F.linear(context, weight[2 * w :], bias[2 * w :])
-        return self._heads(k), self._heads(v)
+        heads = self.cross_attn.num_heads
+        return split_heads(k, heads), split_heads(v, heads)
 
     def cross(self, x: Tensor, keys: Tensor, values: Tensor, keep: Tensor | None, samples: int) -> Tensor:
         """x [B * S, T, W] normed queries; keys, values [B, heads, L, W / heads]; keep [B, 1, 1, L] bool
         (True = attend) or None -> [B * S, T, W]. The S samples of an observation form one query sequence."""
-        n, t, w = x.shape
+        w = x.shape[-1]
         weight, bias = self.cross_attn.in_proj_weight, self.cross_attn.in_proj_bias
-        q = self._heads(F.linear(x, weight[:w], bias[:w]).reshape(n // samples, samples * t, w))
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=keep)  # [B, heads, S * T, W / heads]
-        return self.cross_attn.out_proj(out.transpose(1, 2).reshape(n, t, w))
+        q = F.linear(x, weight[:w], bias[:w])
+        return self.cross_attn.out_proj(folded_cross_attention(q, keys, values, keep, samples))
 
     def forward(self, h: Tensor, keys: Tensor, values: Tensor, keep: Tensor | None, samples: int) -> Tensor:
         """h [B * S, T, W]; keys, values [B, heads, L, W / heads]; keep [B, 1, 1, L] bool or None."""
@@ -77,7 +72,7 @@ class ExpertNet(ChunkNet):
     def __init__(self, spec: NetSpec):
         super().__init__(spec)
         width = spec.hidden_dim
-        heads = next(h for h in (8, 4, 2, 1) if width % h == 0 and width // h >= 16 or h == 1)
+        heads = attention_heads(width)
         self.steps = nn.Parameter(torch.randn(spec.horizon, width) * 0.02)  # learned per-step queries
         self.x_in = nn.Linear(spec.in_dim, width) if spec.in_dim else None
         self.t_in = None

@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from driftkit.nets.attention import attention_heads, folded_cross_attention, split_heads
 from driftkit.nets.base import ChunkNet, NetSpec, Prefix, register_net
 from driftkit.nets.mlp import sinusoidal_embedding
 
@@ -90,17 +90,6 @@ def unpack_layers(cond: Tensor, layers: int) -> Tensor:
     return cond.view(b, l, layers, 2, c // (2 * layers))
 
 
-def attention_heads(width: int) -> int:
-    """The most heads (8, 4, 2 or 1) that leave at least 16 channels per head, as the light expert picks them."""
-    return next(h for h in (8, 4, 2, 1) if width % h == 0 and width // h >= 16 or h == 1)
-
-
-def split_heads(x: Tensor, heads: int) -> Tensor:
-    """[B, M, W] -> [B, heads, M, W / heads]."""
-    b, m, w = x.shape
-    return x.view(b, m, heads, w // heads).transpose(1, 2)
-
-
 class LayerwiseBlock(nn.Module):
     def __init__(self, width: int, kv_width: int, heads: int, self_attention: bool):
         super().__init__()
@@ -119,10 +108,7 @@ class LayerwiseBlock(nn.Module):
     def cross(self, x: Tensor, keys: Tensor, values: Tensor, keep: Tensor | None, samples: int) -> Tensor:
         """x [B * S, T, W] normed queries; keys, values [B, heads, L, W / heads]; keep [B, 1, 1, L] bool or None
         -> [B * S, T, W]. The S samples of an observation form one query sequence against the shared keys."""
-        n, t, w = x.shape
-        q = split_heads(self.q_proj(x).reshape(n // samples, samples * t, w), self.heads)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=keep)  # [B, heads, S * T, W / heads]
-        return self.o_proj(out.transpose(1, 2).reshape(n, t, w))
+        return self.o_proj(folded_cross_attention(self.q_proj(x), keys, values, keep, samples))
 
     def forward(self, h: Tensor, keys: Tensor, values: Tensor, keep: Tensor | None, samples: int) -> Tensor:
         """h [B * S, T, W]; keys, values [B, heads, L, W / heads]; keep [B, 1, 1, L] bool or None."""
