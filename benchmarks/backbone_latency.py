@@ -16,6 +16,15 @@ the transformers Pillow processor and with the tensor preprocessing (driftkit.ba
 image ("prefix": encode_prefix + encode_queries, tensor path). "images" is the image part of prepare alone;
 the rest of prepare is tokenising, padding and (Qwen) the 3-D rotary positions. The issue's target: image
 preprocessing at most 10 % of the prefix for one image on the CPU.
+
+--stage stages times each stage of one chunk separately, per preset and --variants: "preprocess"
+(Backbone.prepare: tensor image preprocessing + tokens), "vision" (the vision encoder + connector alone),
+"LM prefix" (the rest of encode_prefix + encode_queries: LM passes, and the token reduction where on),
+"shared prefix" (the decoder net's one projection of the condition that all K samples and every step read:
+the former K cache copies, now broadcast), "decoder" (flow 10 steps, drift 1 step, K = 1 and 8) and
+"selection" (KeyStone over the K = 8 samples). Variants: eager; keep<r> (visual_keep = r, visual_merged = 1);
+compiled (static_prefix_len, torch.compile of the LM and of the decoder net, "default" mode on the CPU; the
+first call's time, compilation included, is reported as compile s).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 import numpy as np
 import torch
@@ -33,7 +43,9 @@ import torch
 import driftkit.nets.expert  # noqa: F401  (registers "expert")
 from driftkit import list_decoders, make_decoder
 from driftkit.backbones import Backbone, list_presets
+from driftkit.backbones.families import get_family
 from driftkit.backbones.inputs import camera_rows
+from driftkit.backbones.static import compile_nets
 from driftkit.timing import median_ms
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -52,7 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/backbone_latency_<device>.json)")
-    p.add_argument("--stage", choices=["chunk", "preprocess"], default="chunk")
+    p.add_argument("--stage", choices=["chunk", "preprocess", "stages"], default="chunk")
+    p.add_argument("--variants", nargs="+", default=["eager", "keep0.5", "keep0.25", "compiled"],
+                   help="stages: eager, keep<ratio>, compiled")
     p.add_argument("--side", type=int, default=224, help="preprocess stage: input image side in pixels")
     p.add_argument("--batch", type=int, default=8, help="preprocess stage: rows of the batched case")
     p.add_argument("--cameras", type=int, default=2, help="preprocess stage: images per row of the batched case")
@@ -137,6 +151,90 @@ def bench_preprocess(preset: str, args, timer: Timer) -> list[dict]:
     return rows
 
 
+def variant_options(variant: str, preset: str, args) -> dict | None:
+    """BackboneConfig options of a variant (None: the preset's family does not support it)."""
+    if variant.startswith("keep"):
+        family = get_family(preset.rpartition("-")[0])
+        return {"visual_keep": float(variant[4:]), "visual_merged": 1} if family.visual_features is not None else None
+    if variant == "compiled":
+        probe = Backbone.from_preset(preset, num_query_tokens=args.horizon * args.action_dim)
+        return {"static_prefix_len": probe.prepare(*bench_inputs(probe)).prefix_len + 8}
+    if variant != "eager":
+        raise ValueError(f"unknown variant {variant!r}; use eager, keep<ratio> or compiled")
+    return {}
+
+
+def bench_inputs(backbone: Backbone) -> tuple[list, list[str]]:
+    side = backbone.image_size
+    image = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    return [image], ["pick up the red block and place it in the bowl"]
+
+
+def bench_stages(preset: str, variant: str, args, timer: Timer) -> list[dict]:
+    """One chunk, stage by stage (module docstring), for one preset and variant."""
+    t, d = args.horizon, args.action_dim
+    options = variant_options(variant, preset, args)
+    if options is None:
+        return []  # token reduction is not supported for this family
+    bb = Backbone.from_preset(preset, num_query_tokens=t * d, dtype=args.dtype, **options).to(args.device).eval()
+    images, prompts = bench_inputs(bb)
+    keystone, rows = keystone_fn(), []
+    with torch.no_grad():
+        compile_s = None
+        if variant == "compiled":
+            torch._dynamo.reset()  # a fresh cache: earlier presets' graphs would exhaust its recompile limit
+            bb.compile("default")
+            start = time.perf_counter()
+            bb.encode_queries(bb.encode_prefix(images, prompts))
+            compile_s = time.perf_counter() - start
+        pre_ms, inputs = timer(lambda: bb.prepare(images, prompts))
+        vision_ms, _ = timer(lambda: bb.model.model.get_image_features(**inputs.vision))
+        prefix_ms, feats = timer(lambda: bb.encode_queries(bb.encode_prefix(images, prompts)))
+        tokens = int(bb.reduce_visual(bb.prepare(images, prompts)).input_ids.eq(bb.special_ids["image"]).sum())
+        cond = feats.query.float()
+        for name in ("flow", "drift"):
+            dec = make_decoder(name, cond_dim=bb.hidden_size, target_shape=(t, d), net="expert")
+            dec.fit_normalizer(torch.randn(64, t, d))
+            dec = dec.to(args.device).eval()
+            dec_compile_s = None
+            if variant == "compiled":
+                compile_nets(dec, "default")
+                start = time.perf_counter()
+                for k in args.ks:
+                    dec.sample(cond, num_samples=k)
+                dec_compile_s = time.perf_counter() - start
+            shared_ms, _ = timer(lambda: dec.net.prefix(cond))
+            for k in args.ks:
+                dec_ms, samples = timer(lambda: dec.sample(cond, num_samples=k))
+                sel_ms = timer(lambda: keystone(samples))[0] if keystone is not None and k > 1 else 0.0
+                rows.append(dict(preset=preset, variant=variant, decoder=name, k=k, nfe=dec.nfe(), image_tokens=tokens,
+                                 preprocess_ms=pre_ms, vision_ms=vision_ms, lm_ms=prefix_ms - pre_ms - vision_ms,
+                                 prefix_ms=prefix_ms, shared_prefix_ms=shared_ms, decoder_ms=dec_ms,
+                                 selection_ms=sel_ms, total_ms=prefix_ms + dec_ms + sel_ms,
+                                 lm_compile_s=compile_s, decoder_compile_s=dec_compile_s))
+    return rows
+
+
+def stages_markdown(rows: list[dict]) -> str:
+    lines = ["| preset | variant | decoder | K | image tokens | preprocess ms | vision ms | LM prefix ms | prefix ms | "
+             "shared prefix ms | decoder ms | selection ms | total ms | compile s (LM / decoder) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        comp = "-" if r["lm_compile_s"] is None else f"{r['lm_compile_s']:.1f} / {r['decoder_compile_s']:.1f}"
+        lines.append(f"| {r['preset']} | {r['variant']} | {r['decoder']} | {r['k']} | {r['image_tokens']} | "
+                     f"{r['preprocess_ms']:.2f} | {r['vision_ms']:.2f} | {r['lm_ms']:.2f} | {r['prefix_ms']:.2f} | "
+                     f"{r['shared_prefix_ms']:.3f} | {r['decoder_ms']:.2f} | {r['selection_ms']:.2f} | "
+                     f"{r['total_ms']:.2f} | {comp} |")
+    index = {(r["preset"], r["variant"], r["decoder"], r["k"]): r for r in rows}
+    lines += ["", "| preset | variant | K | flow / drift, decoder | flow / drift, whole chunk |", "|---|---|---|---|---|"]
+    for (preset, variant, name, k), flow in index.items():
+        drift = index.get((preset, variant, "drift", k))
+        if name == "flow" and drift is not None:
+            lines.append(f"| {preset} | {variant} | {k} | {flow['decoder_ms'] / drift['decoder_ms']:.2f}x | "
+                         f"{flow['total_ms'] / drift['total_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
 def preprocess_markdown(rows: list[dict]) -> str:
     lines = ["| preset | images (B x N, side) | images, Pillow ms | images, tensor ms | prepare, Pillow ms | "
              "prepare, tensor ms | prefix ms (1 image) | tensor images / prefix | tensor prepare / prefix |",
@@ -200,6 +298,9 @@ def main(argv=None) -> None:
     if args.stage == "preprocess":
         rows, ratio_rows = [r for preset in args.presets for r in bench_preprocess(preset, args, timer)], []
         table = preprocess_markdown(rows)
+    elif args.stage == "stages":
+        rows = [r for preset in args.presets for v in args.variants for r in bench_stages(preset, v, args, timer)]
+        ratio_rows, table = [], stages_markdown(rows)
     else:
         rows = [r for preset in args.presets for r in bench_preset(preset, names, args, timer)]
         ratio_rows = ratios(rows)
@@ -215,7 +316,7 @@ def main(argv=None) -> None:
                 chunk=[args.horizon, args.action_dim], batch=1, repeats=args.repeats,
                 keystone=keystone_fn() is not None)
     os.makedirs(RESULTS, exist_ok=True)
-    stage = "" if args.stage == "chunk" else "_preprocess"
+    stage = "" if args.stage == "chunk" else f"_{args.stage}"
     path = args.out or os.path.join(RESULTS, f"backbone_latency{stage}_{args.device.split(':')[0]}.json")
     with open(path, "w") as f:
         json.dump({"meta": meta, "rows": rows, "flow_over_drift": ratio_rows}, f, indent=2)
