@@ -111,9 +111,7 @@ def language_model(model: nn.Module) -> nn.Module:
 def compile_nets(decoder: nn.Module, mode: str) -> int:
     """Compile every ChunkNet of a decoder in place (its one step function: flow's and drift's net, a residual
     decoder's refiner and base) -> how many."""
-    from driftkit.nets.base import ChunkNet
-
-    nets = [m for m in decoder.modules() if isinstance(m, ChunkNet)]
+    nets = decoder.nets()
     for net in nets:
         compile_module(net, mode)
     return len(nets)

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from driftkit.errors import check_choice, check_finite, check_positive, check_shape
-from driftkit.nets import NET_REGISTRY, NetSpec, make_net
+from driftkit.nets import NET_REGISTRY, ChunkNet, NetSpec, make_net
 from driftkit.normalize import KINDS, NormStats, Normalizer
 from driftkit.rtc import Inpaint, InpaintTarget
 
@@ -277,6 +277,11 @@ class Decoder(nn.Module):
     def nfe(self, steps: int | None = None) -> int:
         """Network evaluations one sample() call costs (K samples are batched into each evaluation)."""
         raise NotImplementedError
+
+    def nets(self) -> list[ChunkNet]:
+        """The networks sample() evaluates (its step functions: what compiling a decoder compiles), a
+        residual decoder's base's included."""
+        return [m for m in self.modules() if isinstance(m, ChunkNet)]
 
     # ---- subclass hooks ----------------------------------------------------------------------------
     def _loss(self, cond: Tensor, x_1: Tensor, mask: Tensor, cond_mask: Tensor | None = None) -> DecoderLoss:
