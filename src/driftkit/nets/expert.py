@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from driftkit.nets.attention import attention_heads, folded_cross_attention, split_heads
-from driftkit.nets.base import ChunkNet, NetSpec, Prefix, register_net
-from driftkit.nets.mlp import sinusoidal_embedding
+from driftkit.nets.attention import StepTokenExpert, folded_cross_attention, split_heads
+from driftkit.nets.base import register_net
 
 
 class ExpertBlock(nn.Module):
@@ -63,24 +62,14 @@ class ExpertBlock(nn.Module):
 
 
 @register_net("expert")
-class ExpertNet(ChunkNet):
+class ExpertNet(StepTokenExpert):
     """Transformer over T step tokens with cross-attention to cond [B, L, C] (or [B, C])."""
 
     name = "expert"
-    time_dim = 64
 
-    def __init__(self, spec: NetSpec):
-        super().__init__(spec)
-        width = spec.hidden_dim
-        heads = attention_heads(width)
-        self.steps = nn.Parameter(torch.randn(spec.horizon, width) * 0.02)  # learned per-step queries
-        self.x_in = nn.Linear(spec.in_dim, width) if spec.in_dim else None
-        self.t_in = None
-        if spec.use_time:
-            self.t_in = nn.Sequential(nn.Linear(self.time_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.cond_in = nn.Sequential(nn.LayerNorm(spec.cond_dim), nn.Linear(spec.cond_dim, width))
-        self.blocks = nn.ModuleList([ExpertBlock(width, heads) for _ in range(spec.depth)])
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, spec.out_dim))
+    def build_blocks(self, width: int, heads: int) -> nn.ModuleList:
+        self.cond_in = nn.Sequential(nn.LayerNorm(self.spec.cond_dim), nn.Linear(self.spec.cond_dim, width))
+        return nn.ModuleList([ExpertBlock(width, heads) for _ in range(self.spec.depth)])
 
     def project(self, cond: Tensor, cond_mask: Tensor | None) -> tuple:
         """cond [B, C] or [B, L, C], cond_mask [B, L] bool or None -> (keep [B, 1, 1, L] bool or None,
@@ -101,14 +90,3 @@ class ExpertNet(ChunkNet):
         context = self.cond_in(cond)  # [B, L, W]
         keep = None if cond_mask is None else cond_mask[:, None, None, :]
         return (keep, *(kv for block in self.blocks for kv in block.keys_values(context)))
-
-    def evaluate(self, prefix: Prefix, x: Tensor | None, t: Tensor | None, samples: int) -> Tensor:
-        keep, *kv = prefix.memory
-        h = self.steps[None].expand(prefix.rows * samples, -1, -1)  # [B * S, T, W]
-        if self.x_in is not None:
-            h = h + self.x_in(x)
-        if self.t_in is not None:
-            h = h + self.t_in(sinusoidal_embedding(t, self.time_dim))[:, None]
-        for i, block in enumerate(self.blocks):
-            h = block(h, kv[2 * i], kv[2 * i + 1], keep, samples)
-        return self.out(h)  # [B * S, T, out_dim]

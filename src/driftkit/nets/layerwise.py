@@ -30,9 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from driftkit.nets.attention import attention_heads, folded_cross_attention, split_heads
-from driftkit.nets.base import ChunkNet, NetSpec, Prefix, register_net
-from driftkit.nets.mlp import sinusoidal_embedding
+from driftkit.nets.attention import StepTokenExpert, folded_cross_attention, split_heads
+from driftkit.nets.base import NetSpec, register_net
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,29 +119,23 @@ class LayerwiseBlock(nn.Module):
 
 
 @register_net("layerwise_expert")
-class LayerwiseExpertNet(ChunkNet):
+class LayerwiseExpertNet(StepTokenExpert):
     """T step tokens; block i cross-attends to VLM layer i's prefix keys/values (cond = LayerCache.packed())."""
 
     name = "layerwise_expert"
-    time_dim = 64
 
     def __init__(self, spec: NetSpec):
-        super().__init__(spec)
         if spec.cond_dim % (2 * spec.depth):
             raise ValueError(f"net 'layerwise_expert' reads one VLM layer's keys and values per block: cond_dim="
                              f"{spec.cond_dim} must be 2 * depth * kv_width with depth={spec.depth} "
                              "(cond = LayerCache.packed() of depth layers)")
-        width, self.kv_width = spec.hidden_dim, spec.cond_dim // (2 * spec.depth)
-        heads = attention_heads(width)
-        self.steps = nn.Parameter(torch.randn(spec.horizon, width) * 0.02)  # learned per-step queries
-        self.x_in = nn.Linear(spec.in_dim, width) if spec.in_dim else None
-        self.t_in = None
-        if spec.use_time:
-            self.t_in = nn.Sequential(nn.Linear(self.time_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.kv_width = spec.cond_dim // (2 * spec.depth)  # a plain int: set before Module.__init__
+        super().__init__(spec)
+
+    def build_blocks(self, width: int, heads: int) -> nn.ModuleList:
         # self-attention among the action tokens in every second block, from the first (SmolVLA's interleaving)
-        self.blocks = nn.ModuleList([LayerwiseBlock(width, self.kv_width, heads, i % 2 == 0)
-                                     for i in range(spec.depth)])
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, spec.out_dim))
+        return nn.ModuleList([LayerwiseBlock(width, self.kv_width, heads, i % 2 == 0)
+                              for i in range(self.spec.depth)])
 
     def project(self, cond: Tensor, cond_mask: Tensor | None) -> tuple:
         """cond [B, L, 2 * depth * kv_width] packed layer cache, cond_mask [B, L] bool or None -> (keep
@@ -158,14 +151,3 @@ class LayerwiseExpertNet(ChunkNet):
         keep = None if cond_mask is None else cond_mask[:, None, None, :]
         kv = [block.keys_values(layers[:, :, i, 0], layers[:, :, i, 1]) for i, block in enumerate(self.blocks)]
         return (keep, *(x for pair in kv for x in pair))
-
-    def evaluate(self, prefix: Prefix, x: Tensor | None, t: Tensor | None, samples: int) -> Tensor:
-        keep, *kv = prefix.memory
-        h = self.steps[None].expand(prefix.rows * samples, -1, -1)  # [B * S, T, W]
-        if self.x_in is not None:
-            h = h + self.x_in(x)
-        if self.t_in is not None:
-            h = h + self.t_in(sinusoidal_embedding(t, self.time_dim))[:, None]
-        for i, block in enumerate(self.blocks):
-            h = block(h, kv[2 * i], kv[2 * i + 1], keep, samples)
-        return self.out(h)  # [B * S, T, out_dim]
