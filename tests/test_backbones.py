@@ -357,3 +357,33 @@ def test_the_kv_cache_goes_under_the_name_the_model_takes():
         full = bb.encode(images(2), PROMPTS[:2], use_cache=True)
     assert prefix.cache.get_seq_length() == prefix.inputs.prefix_len  # the cache was filled under its new name
     assert full.cache is not None and feats.query.shape[0] == 4
+
+
+def test_no_old_cache_name_is_read_from_outputs():
+    # catches: returned_cache reading `past_key_values` through the output's BC translation, which logs
+    # transformers' "`past_key_values`/`cache_params` are deprecated" once per process (it did on every
+    # encode without a cache, e.g. each training step)
+    import logging
+
+    from driftkit.backbones.backbone import returned_cache
+
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers").warning_once.cache_clear()  # warn-once must be able to fire here
+    logger = logging.getLogger("transformers")
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        bb = tiny("smolvlm")
+        assert bb.encode(images(1), PROMPTS[:1]).cache is None
+        assert bb.encode(images(1), PROMPTS[:1], use_cache=True).cache is not None
+        assert returned_cache({"past_key_values": "old"}) == "old"  # an older output class keeps its name
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in messages if "deprecated" in m], messages

@@ -412,7 +412,8 @@ def cache_kwargs(model: nn.Module, cache) -> dict:
 
 def returned_cache(out) -> object | None:
     """The KV cache of a model output, under either name (`cache`, or the older `past_key_values`)."""
-    return out["cache"] if "cache" in out else out.get("past_key_values")
+    keys = out.keys()  # the stored names: `in` / get() translate the old name and warn
+    return next((out[k] for k in ("cache", "past_key_values") if k in keys), None)
 
 
 def _read_assets(path: str | os.PathLike) -> dict:
