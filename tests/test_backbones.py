@@ -340,7 +340,7 @@ def test_the_kv_cache_goes_under_the_name_the_model_takes():
     import inspect
     import warnings
 
-    from driftkit.backbones.backbone import cache_kwargs
+    from driftkit.backbones.cache import cache_kwargs
 
     class OldModel(torch.nn.Module):
         def forward(self, input_ids, past_key_values=None, use_cache=None):
@@ -365,7 +365,7 @@ def test_no_old_cache_name_is_read_from_outputs():
     # encode without a cache, e.g. each training step)
     import logging
 
-    from driftkit.backbones.backbone import returned_cache
+    from driftkit.backbones.cache import returned_cache
 
     messages = []
 

@@ -41,14 +41,9 @@ CACHE_MODES = ("none", "prefix", "adaptive")
 
 
 def bin_vocab_ids(backbone: Backbone, num_bins: int, layout: str) -> Tensor:
-    """[num_bins] LM vocabulary ids of the bins in class order, as Backbone.lm_head_rows reads them ("centres":
-    base_vocab - N + i; "openvla": V - 1 - i with V the tokenizer's vocab_size). Ids of special, added or query
-    tokens are refused: a bin fed back as an input would be read as an image placeholder or a query token."""
-    if layout == "openvla":
-        top = backbone.tokenizer.vocab_size
-        ids = torch.arange(top - 1, top - 1 - num_bins, -1)
-    else:
-        ids = torch.arange(backbone.base_vocab - num_bins, backbone.base_vocab)
+    """[num_bins] LM vocabulary ids of the bins in class order (Backbone.bin_ids, the rows lm_head_rows reads).
+    Ids of special, added or query tokens are refused: a bin fed back as an input would be read as an image placeholder or a query token."""
+    ids = backbone.bin_ids(num_bins, layout)
     tok = backbone.tokenizer
     reserved = set(tok.all_special_ids) | set(tok.added_tokens_decoder) | set(backbone.special_ids.values())
     clash = sorted(reserved.union(backbone.query_ids).intersection(ids.tolist()))

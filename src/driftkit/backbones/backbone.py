@@ -14,7 +14,6 @@ embedding), so they train whatever the mode while the LM's own embedding matrix 
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from driftkit.backbones.cache import cache_kwargs, returned_cache
 from driftkit.backbones.config import BackboneConfig, VLMFeatures
 from driftkit.backbones.families import FAMILIES, IMAGE_SIZE, Family, family_of_model_type, get_family, list_presets
 from driftkit.backbones.families import torch_dtype
@@ -213,16 +213,19 @@ class Backbone(nn.Module):
     def device(self) -> torch.device:
         return self.query_embed.device
 
-    def lm_head_rows(self, num_rows: int, layout: str = "centres") -> tuple[Tensor, Tensor | None]:
-        """Weight [num_rows, H] (and bias or None) of the LM head at the bin ids, in class order: ids
-        base_vocab - num_rows .. base_vocab - 1 ("centres"), or V - 1, V - 2, .. V - num_rows with V the
-        tokenizer's vocab_size ("openvla", as OpenVLA maps its bins)."""
-        head = self.model.get_output_embeddings()
+    def bin_ids(self, num_rows: int, layout: str = "centres") -> Tensor:
+        """[num_rows] vocabulary ids of the bins in class order: base_vocab - num_rows .. base_vocab - 1
+        ("centres"), or V - 1, V - 2, .. V - num_rows with V the tokenizer's vocab_size ("openvla", as OpenVLA
+        maps its bins)."""
         if layout == "openvla":
             top = self.tokenizer.vocab_size
-            ids = torch.arange(top - 1, top - 1 - num_rows, -1, device=head.weight.device)
-        else:
-            ids = torch.arange(self.base_vocab - num_rows, self.base_vocab, device=head.weight.device)
+            return torch.arange(top - 1, top - 1 - num_rows, -1)
+        return torch.arange(self.base_vocab - num_rows, self.base_vocab)
+
+    def lm_head_rows(self, num_rows: int, layout: str = "centres") -> tuple[Tensor, Tensor | None]:
+        """Weight [num_rows, H] (and bias or None) of the LM head at the bin ids (bin_ids), in class order."""
+        head = self.model.get_output_embeddings()
+        ids = self.bin_ids(num_rows, layout).to(head.weight.device)
         bias = None if head.bias is None else head.bias.detach()[ids]
         return head.weight.detach()[ids], bias
 
@@ -395,25 +398,6 @@ class Backbone(nn.Module):
         keep = slice(None) if rows is None else slice(0, rows)
         return [(cache.layers[i].keys[keep, :, :prefix_len], cache.layers[i].values[keep, :, :prefix_len])
                 for i in layers]
-
-
-_CACHE_ARGUMENT: dict[type, str] = {}  # model class -> name of its forward's KV-cache argument
-
-
-def cache_kwargs(model: nn.Module, cache) -> dict:
-    """The KV cache as the keyword the model's forward takes: `cache` where it exists (transformers 5.x
-    deprecates `past_key_values`, to be removed in 5.40), else `past_key_values`. Looked up once per class."""
-    cls = type(model)
-    if cls not in _CACHE_ARGUMENT:
-        params = inspect.signature(cls.forward).parameters
-        _CACHE_ARGUMENT[cls] = "cache" if "cache" in params else "past_key_values"
-    return {_CACHE_ARGUMENT[cls]: cache}
-
-
-def returned_cache(out) -> object | None:
-    """The KV cache of a model output, under either name (`cache`, or the older `past_key_values`)."""
-    keys = out.keys()  # the stored names: `in` / get() translate the old name and warn
-    return next((out[k] for k in ("cache", "past_key_values") if k in keys), None)
 
 
 def _read_assets(path: str | os.PathLike) -> dict:

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from driftkit.backbones.backbone import Backbone, PrefixState, cache_kwargs
+from driftkit.backbones.backbone import Backbone, PrefixState
+from driftkit.backbones.cache import cache_kwargs
 from driftkit.backbones.config import VLMFeatures
 from driftkit.backbones.inputs import PrefixInputs
 from driftkit.decoders.base import DecoderLoss

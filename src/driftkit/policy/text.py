@@ -168,7 +168,7 @@ class TextPolicy(Policy):
         """Greedy answers (B strings, EOS and what follows it dropped) from a KV-cached image + prompt prefix."""
         from transformers import DynamicCache
 
-        from driftkit.backbones.backbone import cache_kwargs
+        from driftkit.backbones.cache import cache_kwargs
 
         limit = max_new_tokens or self.config.max_answer_tokens
         check_positive("max_new_tokens", limit)
