@@ -35,20 +35,23 @@ GROUPS = {
 }
 TASKS = [t for tasks in GROUPS.values() for t in tasks]
 BASE_ONLY = {"steps": 0}  # a residual decoder with zero refinement steps returns its base prediction
+LM_TOKEN_SETS = ("model.num_query_tokens=64", "model.cond=query")  # lm_tokens reads one query state per value
 
 CONFIGS: dict[str, Run] = {
     "flow-10": Run("flow", "flow", {"steps": 10}, note="flow matching, 10 Euler steps"),
     "regression": Run("regression", "regression", note="query-token states -> chunk, L1; deterministic"),
     "residual_flow[regression]": Run("residual_flow", "residual_flow",
                                      note="DRIFT-MLP: regression base + 10-step flow refiner"),
-    "lm_tokens": Run("lm_tokens", "lm_tokens", note="256 bins per value through the VLM's LM-head rows"),
+    "lm_tokens": Run("lm_tokens", "lm_tokens", note="256 bins per value through the VLM's LM-head rows",
+                     sets=LM_TOKEN_SETS),
     "fast": Run("fast", "residual_flow", eval=BASE_ONLY, preset="metaworld-fast",
                 note="FAST tokens generated autoregressively through the LM head (the residual_flow[fast] "
                      "checkpoint with its refiner skipped)"),
     "residual_flow[fast]": Run("fast", "residual_flow", preset="metaworld-fast",
                                note="DRIFT-Tokenizer: FAST base + 10-step flow refiner"),
     "residual_flow[lm_tokens]": Run("residual_flow-lm_tokens", "residual_flow", {"base": "lm_tokens"},
-                                    note="DRIFT-Tokenizer: lm_tokens base + 10-step flow refiner"),
+                                    note="DRIFT-Tokenizer: lm_tokens base + 10-step flow refiner",
+                                    sets=LM_TOKEN_SETS),
     "discrete_flow": Run("discrete_flow", "discrete_flow", note="discrete flow matching over 256 bins"),
     "flow-1": Run("flow", "flow", {"steps": 10}, {"steps": 1}, note="the flow-10 checkpoint run with 1 Euler step"),
     "residual_flow[regression]-base": Run("residual_flow", "residual_flow", eval=BASE_ONLY,
@@ -144,7 +147,7 @@ def train_sets(args, run: Run, seed: int, data: Path, out: Path) -> list[str]:
             f"steps={args.train_steps}", f"warmup={min(200, args.train_steps // 10)}",
             f"batch_size={args.batch_size}", f"lr={args.lr}", f"seed={seed}", f"output_dir={out}",
             f"checkpoint_every={every}", "keep_checkpoints=1", "log_every=100", "progress=false",
-            "tensorboard=false", *(LARGE_FAST_SETS if args.large and run.preset == "metaworld-fast" else ())]
+            "tensorboard=false", *run.sets, *(LARGE_FAST_SETS if args.large and run.preset == "metaworld-fast" else ())]
 
 
 def eval_config(args, run: Run):

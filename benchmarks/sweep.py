@@ -40,6 +40,8 @@ class Run:
     note: str = ""
     preset: str | None = None
     """Training preset when it is not the sweep's own (e.g. metaworld-fast for the FAST rows)."""
+    sets: tuple[str, ...] = ()
+    """Further --set overrides of this configuration's training (e.g. the query tokens lm_tokens reads)."""
 
 
 @dataclass(frozen=True)

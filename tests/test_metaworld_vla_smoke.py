@@ -25,14 +25,16 @@ def vla_bench():
 
 
 def test_vla_sweep_runs_summarises_and_resumes(vla_bench, tmp_path):
-    argv = ["--tasks", "reach-wall-v3", "--configs", "flow-1,residual_flow[regression]-base", "--seeds", "0",
-            "--episodes-per-task", "2", "--train-steps", "2", "--batch-size", "4", "--eval-episodes", "1",
+    # lm_tokens: a row whose training needs its own overrides (64 query tokens, cond=query): a row the sweep
+    # cannot train leaves no run file, which the set below catches
+    argv = ["--tasks", "reach-wall-v3", "--configs", "flow-1,residual_flow[regression]-base,lm_tokens",
+            "--seeds", "0", "--other-seeds", "0", "--episodes-per-task", "2", "--train-steps", "2", "--batch-size", "4", "--eval-episodes", "1",
             "--eval-seeds", "0", "--eval-max-steps", "16", "--eval-workers", "2", "--route-check-seeds", "1",
             "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
     vla_bench.main(argv)
     results = tmp_path / "results"
     runs = {p.name: json.loads(p.read_text()) for p in results.glob("*__seed0.json")}
-    assert set(runs) == {"flow-1__seed0.json", "residual_flow[regression]-base__seed0.json"}
+    assert set(runs) == {"flow-1__seed0.json", "residual_flow[regression]-base__seed0.json", "lm_tokens__seed0.json"}
     base = runs["residual_flow[regression]-base__seed0.json"]
     all_row = next(r for r in base["summary"] if r["group"] == "all")
     assert all_row["nfe"] == 1  # steps=0: the regression base alone, not base + 10 refiner steps
