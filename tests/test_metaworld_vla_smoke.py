@@ -28,7 +28,8 @@ def test_vla_sweep_runs_summarises_and_resumes(vla_bench, tmp_path):
     # lm_tokens: a row whose training needs its own overrides (64 query tokens, cond=query): a row the sweep
     # cannot train leaves no run file, which the set below catches
     argv = ["--tasks", "reach-wall-v3", "--configs", "flow-1,residual_flow[regression]-base,lm_tokens",
-            "--seeds", "0", "--other-seeds", "0", "--episodes-per-task", "2", "--train-steps", "2", "--batch-size", "4", "--eval-episodes", "1",
+            "--seeds", "0", "--other-seeds", "0", "--episodes-per-task", "2", "--train-steps", "2",
+            "--batch-size", "4", "--eval-episodes", "1",
             "--eval-seeds", "0", "--eval-max-steps", "16", "--eval-workers", "2", "--route-check-seeds", "1",
             "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
     vla_bench.main(argv)
