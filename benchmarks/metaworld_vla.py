@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import sweep
+from driftkit.atomic import write_text_atomic
 from sweep import Run
 
 RESULTS = Path("benchmarks/results/metaworld-vla")
@@ -120,7 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--large", action="store_true", help=f"The GPU-machine sizes: {LARGE}.")
     args = p.parse_args(argv)
     if args.large:
-        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv or []) if a.startswith("--")}
+        typed = sys.argv[1:] if argv is None else argv  # what the user set keeps its value
+        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in typed if a.startswith("--")}
         for key, value in LARGE.items():
             if key not in given:
                 setattr(args, key, value)
@@ -179,7 +182,7 @@ def route_check(args, results_dir: Path) -> dict:
         rows = [averaged_route_check(task, seed, args.collect_max_steps) for seed in range(args.route_check_seeds)]
         out[task] = {"seeds": len(rows), "left": sum(r.left_success for r in rows),
                      "right": sum(r.right_success for r in rows), "mean": sum(r.mean_success for r in rows)}
-    path.write_text(json.dumps(out, indent=2))
+    write_text_atomic(path, json.dumps(out, indent=2))  # its existence means the check is done
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from common import machine
+from driftkit.atomic import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,7 @@ def run_one(bench: Bench, args, config: str, seed: int, data: Path, results_dir:
         "seed_points": results["seed_points"], "episodes": episodes,
     }
     path = run_path(results_dir, config, seed)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)  # a run file exists only once complete: that is what resuming relies on
+    write_text_atomic(path, json.dumps(record, indent=2))  # a run file exists only once complete: resuming relies on it
     return path
 
 

@@ -52,6 +52,13 @@ def test_vla_sweep_runs_summarises_and_resumes(vla_bench, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in results.glob("*__seed0.json")} == stamps
 
 
+def test_large_keeps_what_the_command_line_sets(vla_bench, monkeypatch):
+    # catches: --large overwriting flags given on the command line (argv None reads sys.argv)
+    monkeypatch.setattr(sys, "argv", ["metaworld_vla.py", "--large", "--train-steps", "5"])
+    args = vla_bench.parse_args()
+    assert args.train_steps == 5 and args.eval_workers == vla_bench.LARGE["eval_workers"]
+
+
 def test_parallel_evaluation_equals_in_process(tmp_path):
     import torch
 
