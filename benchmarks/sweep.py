@@ -307,10 +307,10 @@ def write_summary(bench: Bench, args, results_dir: Path, command: str, extra: st
         args = argparse.Namespace(**{**vars(args), **done[0]["settings"]})
     made_by = list(dict.fromkeys(rec.get("sweep_command", command) for rec in done))
     header = {"command": " && ".join(made_by or [command]), "machine": machine(), "setup": bench.setup(args)}
-    (results_dir / "summary.md").write_text(summary_markdown(bench, stats, missing, header, extra))
+    write_text_atomic(results_dir / "summary.md", summary_markdown(bench, stats, missing, header, extra))
     payload = {**header, "configs": {c: vars(s) for c, s in stats.items()}, "not_run": missing,
                "answers": [answer(stats, a, b, q) for a, b, q in bench.questions]}
-    (results_dir / "summary.json").write_text(json.dumps(payload, indent=2))
+    write_text_atomic(results_dir / "summary.json", json.dumps(payload, indent=2))
     plot(bench, stats, records, results_dir / "success_vs_latency.png")
     return results_dir / "summary.md"
 
