@@ -9,6 +9,8 @@ state), timed end to end and per stage with the policy's own StageTimer. Nets:
     layerwise_all   cond="cache", cache_layers="all": one expert block per VLM layer, width 0.75x the VLM's
     layerwise_half  cond="cache", cache_layers="first_half" (SmolVLA's proportions; the VLM still runs all
                     its layers: the prefix is not truncated)
+    layerwise_cut   SmolVLA as it runs: the VLM truncated to its first half (backbone num_layers), cond="cache"
+                    reading every layer left; its own backbone, the same seed, so the same first layers
     expert          cond="context", the light expert's defaults (width 256, 3 blocks, one layer's states)
 Every policy of a preset shares one backbone (same weights). Flow uses 10 Euler steps, drift one step. Runs
 alternate between the decoders so both see the same load. Medians over --repeats after --warmup runs.
@@ -34,8 +36,11 @@ CAMERA = "observation.images.cam"
 NETS = {
     "layerwise_all": dict(cond="cache", cache_layers="all"),
     "layerwise_half": dict(cond="cache", cache_layers="first_half"),
+    "layerwise_cut": dict(cond="cache", cache_layers="all"),
     "expert": dict(cond="context"),
 }
+TRUNCATED = {"layerwise_cut"}
+"""Nets whose VLM keeps only the first ceil(N / 2) decoder layers."""
 DECODERS = {"flow": {"steps": 10}, "drift": {}}
 TARGET = 4.6
 
@@ -130,7 +135,10 @@ def main(argv=None) -> None:
     rows = []
     for preset in args.presets:
         backbone = Backbone.from_preset(preset, num_query_tokens=4).eval()
-        rows += [row for net in args.nets for row in bench(preset, backbone, net, args)]
+        half = (backbone.model.config.get_text_config().num_hidden_layers + 1) // 2
+        cut = Backbone.from_preset(preset, num_query_tokens=4, num_layers=half).eval() if TRUNCATED & {
+            *args.nets} else None
+        rows += [row for net in args.nets for row in bench(preset, cut if net in TRUNCATED else backbone, net, args)]
     table = markdown(rows)
     write_results(Path(args.out), {"args": vars(args), "rows": rows}, table)
     print(table)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -28,8 +29,10 @@ import torch
 
 from common import write_results
 from driftkit.grounding.evaluate import constant_baseline
+from driftkit.grounding.pretrain_model import pretrained_meta
 from driftkit.grounding.experiment import (
     DECODER_SPECS, GroundingExperimentConfig, backbone_input_size, build_datasets, parse_decoder_spec, run_experiment,
+    run_text_answers,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,7 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decoders", nargs="+", default=list(DECODER_SPECS), help="Decoder specs to sweep.")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, help="Override the sizing's training steps.")
-    p.add_argument("--backbone", help="Override the sizing's backbone preset, e.g. paligemma-tiny.")
+    p.add_argument("--backbone", help="Override the sizing's backbone: a preset, e.g. paligemma-tiny, or a checkpoint "
+                   "directory, e.g. a text-pretrained VLM (benchmarks/grounding_pretrain.py); a checkpoint that "
+                   "records its question templates also gets the row of its own text answers.")
+    p.add_argument("--mode", choices=("frozen", "lora", "full"), help="Backbone training mode (default: full).")
     p.add_argument("--kinds", nargs="+", help="Spatial expression kinds (default: the referring mix); e.g. "
                    "'single' for the localisation-only level. Named in the default output stem.")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
@@ -75,6 +81,11 @@ def make_config(args, spec: str, seed: int) -> GroundingExperimentConfig:
         sizing["steps"] = args.steps
     if args.backbone:
         sizing["backbone"] = args.backbone
+        meta = pretrained_meta(args.backbone) if os.path.isdir(args.backbone) else None
+        if meta is not None:  # ask in the pretraining's layout: its image side, 16 frames tiled 4 x 4 with no gap
+            sizing.update(image_size=meta["image_size"], frame_size=meta["image_size"] // 4, frame_gap=0)
+    if args.mode:
+        sizing["mode"] = args.mode
     if args.kinds:
         sizing["kinds"] = tuple(args.kinds)
     return GroundingExperimentConfig(task=args.task, decoder=spec, seed=seed, **sizing)
@@ -88,6 +99,9 @@ def sweep(args, out: Path) -> list[dict]:
     results = []
     datasets = build_datasets(make_config(args, args.decoders[0], args.seeds[0]))  # one copy for every run
     baseline = constant_baseline(*datasets, args.task)
+    text = text_row(args, out, datasets)
+    if text is not None:
+        results.append(text)
     for seed in args.seeds:  # seed-major: a partial sweep already covers every decoder
         for spec in args.decoders:
             cfg, path = make_config(args, spec, seed), run_dir(out, spec, seed)
@@ -104,6 +118,15 @@ def sweep(args, out: Path) -> list[dict]:
             results.append(found)
             write_summary(args, out, results, baseline)
     return results
+
+
+def text_row(args, out: Path, datasets) -> dict | None:
+    """The checkpoint's own text answers (DRIFT's "Qwen-VL" row), once: they do not depend on a training seed."""
+    cfg, path = make_config(args, args.decoders[0], args.seeds[0]), out / "runs" / "text"
+    done = path / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    return run_text_answers(cfg, path, datasets)
 
 
 # ---- aggregation ---------------------------------------------------------------------------------------------

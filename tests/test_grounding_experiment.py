@@ -8,8 +8,8 @@ import torch
 
 from driftkit.grounding.evaluate import postprocess
 from driftkit.grounding.experiment import (
-    DECODER_SPECS, GroundingExperimentConfig, backbone_input_size, build_datasets, parse_decoder_spec, run_experiment,
-    train_config,
+    DECODER_SPECS, TEXT_LABEL, GroundingExperimentConfig, backbone_input_size, build_datasets, parse_decoder_spec,
+    run_experiment, run_text_answers, train_config,
 )
 
 TINY = dict(steps=2, batch_size=4, train_size=8, test_size=6, eval_batch_size=4, latency_repeats=1, log_every=1,
@@ -139,3 +139,39 @@ def test_cli_runs_and_rejects_bad_input(tmp_path):
         bad = runner.invoke(app, ["ground", *args, "--out", str(tmp_path / "bad")])
         assert bad.exit_code != 0 and named in bad.output
         assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_a_text_pretrained_checkpoint_is_asked_its_own_questions(tmp_path):
+    """A local checkpoint (an exported text-interface VLM) is a backbone like a preset: the datasets ask the
+    question template it was pretrained with, its processor's size is kept, and a run trains end to end.
+    Mutations caught: the checkpoint refused by the preset check; its questions ignored (bare expressions);
+    a preset image_size passed for a checkpoint (the policy config refuses it); a plain checkpoint without the
+    answers file given the pretraining template. The text-answer row scores the checkpoint's own answers."""
+    from driftkit.grounding.pretrain_model import ModelSize, export_checkpoint, init_checkpoint
+    from driftkit.policy import TextPolicy, TextPolicyConfig
+
+    size = ModelSize(family="qwen2_5_vl", width=48, depth=1, heads=4, kv_heads=2, mlp=96, vision_width=32,
+                     vision_heads=2)
+    init = init_checkpoint(tmp_path / "init", size, image_size=56)
+    exported = export_checkpoint(TextPolicy(TextPolicyConfig(backbone=str(init), mode="full")), tmp_path / "vlm")
+    for task, field_, asked in (("spatial", "expression", "Locate "), ("temporal", "query", "")):
+        cfg = GroundingExperimentConfig(task=task, backbone=str(exported), image_size=56, frame_size=32, frame_gap=0,
+                                        **TINY)
+        assert backbone_input_size(cfg) is None and "{" + field_ + "}" in cfg.prompt()
+        train_data, _ = build_datasets(cfg)
+        assert train_data[0]["prompts"].startswith(asked)
+    assert cfg.prompt() == "{query}?" and train_data[0]["prompts"].endswith("?")
+    plain = GroundingExperimentConfig(backbone=str(init), image_size=56, **TINY)
+    assert plain.prompt() == "{expression}"
+    spatial = GroundingExperimentConfig(backbone=str(exported), image_size=56, **{**TINY, "latency_repeats": 0})
+    results = run_experiment(spatial, tmp_path / "run")
+    assert results["train"]["steps"] == TINY["steps"] and results["evaluations"][0]["scores"]["num_examples"] == 6
+    text = run_text_answers(spatial, tmp_path / "text")
+    assert [e["label"] for e in text["evaluations"]] == [TEXT_LABEL] and text["train"] is None
+    assert text["evaluations"][0]["nfe"] == 48 and text["evaluations"][0]["scores"]["num_examples"] == 6
+    assert json.loads((tmp_path / "text" / "results.json").read_text())["decoder"] == "text"
+    assert run_text_answers(plain, tmp_path / "none") is None  # nothing recorded to ask it with
+    with pytest.raises(ValueError, match=r"input_size=56 with the checkpoint"):
+        GroundingExperimentConfig(backbone=str(exported), input_size=56)
+    with pytest.raises(ValueError, match=r"backbone='/no/such/dir': neither a preset"):
+        GroundingExperimentConfig(backbone="/no/such/dir")

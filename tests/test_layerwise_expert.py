@@ -4,7 +4,8 @@ Oracles: (1) the policy's LayerCache holds exactly the keys/values the VLM cache
 packing round-trips; (2) the net equals its attention written out per sample on the cache repeated S times;
 (3) every net-based decoder gives the same loss, gradients and samples as a twin that repeats cond per
 sample; (4) on a tiny VLA every decoder trains and samples, gradients reach the VLM in full mode (only the
-layers read and below) and never leave the decoder side in frozen mode; save -> load gives the same actions.
+layers read and below) and never leave the decoder side in frozen mode; save -> load gives the same actions;
+(5) a VLM truncated to its first layers (num_layers) caches exactly the whole model's first layers.
 """
 
 from __future__ import annotations
@@ -208,7 +209,42 @@ def test_save_load_gives_the_same_actions(tmp_path, name):
     torch.testing.assert_close(a, b)
 
 
-# ---- 5. bad input and configs --------------------------------------------------------------------------
+# ---- 5. a truncated VLM (SmolVLA runs only the layers its expert reads) ---------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_num_layers_runs_the_first_layers_exactly(family):
+    """A backbone built with num_layers=1 caches the same layer-0 keys/values as the whole model (the first
+    layers never see the later ones), holds one layer in its cache and config, and the policy's expert reads it.
+    Mutations caught: the last layers kept instead of the first; the config's depth left at the original, so
+    caches keep empty layers and a rebuilt model has the dropped ones back."""
+    whole, cut = vla(backbone=f"{family}-tiny").eval(), vla(backbone=f"{family}-tiny", backbone_options={
+        "num_layers": 1}).eval()
+    assert len(whole.cache_layers) > 1 and cut.cache_layers == [0]
+    assert cut.backbone.model.config.get_text_config().num_hidden_layers == 1
+    ims, prompts = images(2), ["pick the cube", "push the red block to the left"]
+    with torch.no_grad():
+        a, b = whole.backbone.encode_prefix(ims, prompts), cut.backbone.encode_prefix(ims, prompts)
+    assert len(b.cache.layers) == 1
+    torch.testing.assert_close(b.cache.layers[0].keys, a.cache.layers[0].keys)
+    torch.testing.assert_close(b.cache.layers[0].values, a.cache.layers[0].values)
+    assert cut.sample(batch(), 2).shape == (2, 2, T, D)
+
+
+def test_truncated_policy_saves_and_loads_the_same_actions(tmp_path):
+    """Mutations caught: the saved config.json keeping the original depth (the rebuild would have layers the
+    state_dict lacks: strict loading fails); truncation refusing a model that is already n layers deep."""
+    policy = vla("drift", backbone_options={"num_layers": 1}).eval()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    policy.save_pretrained(tmp_path / "p")
+    loaded = Policy.from_pretrained(tmp_path / "p")
+    assert len(loaded.backbone.model.model.text_model.layers) == 1
+    a = policy.sample(batch(), 3, generator=torch.Generator().manual_seed(7))
+    b = loaded.sample(batch(), 3, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a, b)
+
+
+# ---- 6. bad input and configs --------------------------------------------------------------------------
 def test_bad_configs_and_shapes_are_named():
     with pytest.raises(ValueError, match=r"cond_dim=10 must be 2 \* depth \* kv_width with depth=2"):
         make_net("layerwise_expert", NetSpec(cond_dim=10, horizon=T, in_dim=D, out_dim=D, use_time=True, depth=2))
@@ -227,6 +263,10 @@ def test_bad_configs_and_shapes_are_named():
         VLMPolicyConfig(cond="cache", cache_layers="middle")
     with pytest.raises(ValueError, match=r"depth=3 with cond='cache'.*one block per VLM layer read \(1 of 2\)"):
         vla(cache_layers="first_half", decoder_options={"depth": 3})
+    with pytest.raises(ValueError, match=r"num_layers=3 for a language model of 2 decoder layers"):
+        vla(backbone_options={"num_layers": 3})
+    with pytest.raises(ValueError, match=r"num_layers=0"):
+        vla(backbone_options={"num_layers": 0})
     k = torch.randn(2, 1, 4, 8)
     with pytest.raises(ValueError, match=r"mask must be \[B, L\] = \[2, 4\] bool"):
         LayerCache((k,), (k,), torch.ones(2, 5, dtype=torch.bool))

@@ -27,7 +27,9 @@ from driftkit.backbones.families import FAMILIES, IMAGE_SIZE, Family, family_of_
 from driftkit.backbones.families import torch_dtype
 from driftkit.backbones.inputs import PrefixInputs, camera_rows, check_batch, to_pil, to_uint8
 from driftkit.backbones.reduce import TokenReduction, place_reduced
-from driftkit.backbones.static import StaticCaches, bucket_rows, compile_module, default_mode, language_model
+from driftkit.backbones.static import (
+    StaticCaches, bucket_rows, compile_module, default_mode, keep_decoder_layers, language_model,
+)
 from driftkit.backbones.static import pad_prefix, pad_rows
 from driftkit.backbones.tokenizer import byte_level_tokenizer
 
@@ -56,6 +58,8 @@ class Backbone(nn.Module):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.image_processor, self.image_size = image_processor, image_size
         self.family: Family = get_family(config.family)
+        if config.num_layers is not None:
+            keep_decoder_layers(model, config.num_layers)
         out_rows = model.get_output_embeddings().weight.shape[0]
         self.base_vocab = out_rows if base_vocab is None else base_vocab
         if not 0 < self.base_vocab <= out_rows:

@@ -29,6 +29,10 @@ class BackboneConfig:
     "{prompt}<|im_end|>\\n<|im_start|>assistant\\n"); the query tokens come right after it."""
     layer: int = -1
     """Which hidden state to read (index into hidden_states: 0 = embeddings, -1 = final, after the norm)."""
+    num_layers: int | None = None
+    """Run only the first N decoder layers of the language model; the rest are dropped when the model is built
+    (SmolVLA keeps the first half of its VLM's). With cond="cache" and the layer-wise expert, the prefix pass
+    then costs about N / depth of the full one. None = every layer."""
     max_length: int = 1024
     """Most tokens in one row: image placeholders + prompt + query tokens."""
     mode: str = "frozen"
@@ -66,6 +70,8 @@ class BackboneConfig:
     def __post_init__(self):
         check_positive("num_query_tokens", self.num_query_tokens)
         check_positive("max_length", self.max_length)
+        if self.num_layers is not None:
+            check_positive("num_layers", self.num_layers)
         check_choice("mode", self.mode, MODES)
         check_positive("lora_rank", self.lora_rank)
         if self.image_size is not None:

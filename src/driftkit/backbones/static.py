@@ -108,6 +108,25 @@ def language_model(model: nn.Module) -> nn.Module:
                      "model.text_model)")
 
 
+def keep_decoder_layers(model: nn.Module, n: int) -> None:
+    """Drop the language model's decoder layers past the first n, in place, config included (num_hidden_layers and
+    the per-layer layer_types), so caches, saved configs and rebuilt models agree; a model already n deep is
+    left as it is."""
+    layers = language_model(model).layers
+    text = model.config.get_text_config()
+    if not 0 < n <= len(layers):
+        raise ValueError(f"got num_layers={n} for a language model of {len(layers)} decoder layers; it must be in "
+                         f"[1, {len(layers)}]")
+    deepstack = len(getattr(getattr(model.config, "vision_config", None), "deepstack_visual_indexes", None) or ())
+    if n < deepstack:
+        raise ValueError(f"got num_layers={n}, but the model injects visual features into its first {deepstack} "
+                         "decoder layers (deepstack); keep at least those")
+    del layers[n:]
+    text.num_hidden_layers = n
+    if getattr(text, "layer_types", None):
+        text.layer_types = list(text.layer_types[:n])
+
+
 def compile_nets(decoder: nn.Module, mode: str) -> int:
     """Compile every ChunkNet of a decoder in place (its one step function: flow's and drift's net, a residual
     decoder's refiner and base) -> how many."""

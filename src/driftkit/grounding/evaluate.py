@@ -5,7 +5,8 @@ Evaluation takes one sample per query. Predictions are clipped to [0, 1] and eac
 counted as a miss; how many needed it is reported (num_clipped, num_reordered). Decoders that sample at a
 positive temperature by default (flow, residual_*) are also scored at temperature 0 from the same weights,
 and residual decoders also by their base head alone ("base"), so refinement is compared with its own base on
-identical features.
+identical features. A TextPolicy (a VLM answering in text) is scored the same way: its answers parsed, the
+unparsable ones NaN rows that score IoU 0.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def postprocess(pred: Tensor) -> tuple[Tensor, int, int]:
     k = pred.shape[-1] // 2
     lo, hi = clipped[:, :k], clipped[:, k:]
     fixed = torch.cat([torch.minimum(lo, hi), torch.maximum(lo, hi)], dim=-1)
-    return fixed, int((clipped != pred).any(-1).sum()), int((lo > hi).any(-1).sum())
+    finite = pred.isfinite().all(-1)  # NaN rows (unparsable text answers) stay NaN and score IoU 0
+    return fixed, int(((clipped != pred).any(-1) & finite).sum()), int((lo > hi).any(-1).sum())
 
 
 def scorer(task: str):
@@ -89,14 +91,13 @@ def evaluate(policy, test, task: str, variant: EvalVariant, seed: int = 0, batch
             gts.append(torch.stack([it["target"] for it in items])[:, 0])
     pred, num_clipped, num_reordered = postprocess(torch.cat(preds))
     scores = scorer(task)(pred, torch.cat(gts))
-    dec = policy.decoder
     latency = None
     if latency_repeats:  # batch-1 prediction, image + prompt to box
         latency = median_ms(lambda: predict(policy, [test[0]], variant), device, latency_repeats, warmup=2)
     return {
         "label": variant.label, "temperature": variant.temperature, "base_only": variant.base_only,
         "metrics": dict(zip(scores.columns(), scores.percentages())), "scores": scores.to_dict(),
-        "nfe": dec.base.nfe() if variant.base_only else policy.nfe(), "ms_per_prediction": timer.ms["all"] / len(test),
+        "nfe": policy.decoder.base.nfe() if variant.base_only else policy.nfe(), "ms_per_prediction": timer.ms["all"] / len(test),
         "eval_batch_size": batch_size, "latency_ms": latency,
         "num_clipped": num_clipped, "num_reordered": num_reordered,
     }

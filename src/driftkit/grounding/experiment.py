@@ -83,7 +83,11 @@ class GroundingExperimentConfig:
     decoder_options: dict = field(default_factory=dict)
     """Extra make_decoder options, on top of the spec's and the net defaults below."""
     backbone: str = "qwen2_5_vl-tiny"
-    """Backbone preset (driftkit.backbones.list_presets(); random weights built from a config)."""
+    """Backbone preset (driftkit.backbones.list_presets(); random weights built from a config), or a local
+    checkpoint directory, e.g. a VLM pretrained through its text interface (benchmarks/grounding_pretrain.py)."""
+    prompt_template: str | None = None
+    """How each expression ("{expression}") or query ("{query}") is asked; None = the question template the
+    checkpoint was pretrained with, when it records one (driftkit_text_answers.json), else the bare text."""
     mode: str = "full"
     """Backbone training mode: frozen, lora or full (presets are random weights, so full by default)."""
     num_query_tokens: int = 4
@@ -132,7 +136,9 @@ class GroundingExperimentConfig:
 
         check_choice("task", self.task, TASKS)
         parse_decoder_spec(self.decoder)
-        check_choice("backbone", self.backbone, list_presets())
+        if self.backbone not in list_presets() and not os.path.isfile(os.path.join(self.backbone, "config.json")):
+            raise ValueError(f"got backbone={self.backbone!r}: neither a preset ({list_presets()}) nor a checkpoint "
+                             "directory with a config.json")
         check_choice("cond", self.cond, COND_KINDS)
         check_choice("mode", self.mode, ("frozen", "lora", "full"))
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -144,11 +150,33 @@ class GroundingExperimentConfig:
             check_positive(name, getattr(self, name), allow_zero=True)
         if self.kinds is not None:
             self.kinds = tuple(self.kinds)
+        if self.input_size is not None and not self.is_preset:
+            raise ValueError(f"got input_size={self.input_size} with the checkpoint {self.backbone!r}; a checkpoint "
+                             "keeps its own image processor's size")
         if self.batch_size > self.train_size:
             raise ValueError(f"got batch_size={self.batch_size} > train_size={self.train_size}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def is_preset(self) -> bool:
+        from driftkit.backbones import list_presets
+
+        return self.backbone in list_presets()
+
+    def prompt(self) -> str:
+        """The prompt template of the task's dataset (see prompt_template)."""
+        if self.prompt_template is not None:
+            return self.prompt_template
+        key, field_ = ("box", "{expression}") if self.task == "spatial" else ("interval", "{query}")
+        if not self.is_preset:
+            from driftkit.grounding.pretrain_model import pretrained_meta
+
+            meta = pretrained_meta(self.backbone)
+            if meta and key in meta["questions"]:
+                return meta["questions"][key]
+        return field_
 
 
 # ---- data and model -------------------------------------------------------------------------------------
@@ -162,10 +190,12 @@ def build_datasets(cfg: GroundingExperimentConfig):
     if cfg.task == "spatial":
         kinds = {} if cfg.kinds is None else {"kinds": tuple(cfg.kinds)}
         data = syn.SpatialGroundingConfig(image_size=cfg.image_size, **kinds, **sizes)
-        return tuple(syn.SpatialGroundingDataset.from_config(data, s) for s in ("train", "test"))
+        return tuple(syn.SpatialGroundingDataset.from_config(data, s, prompt_template=cfg.prompt())
+                     for s in ("train", "test"))
     data = syn.TemporalGroundingConfig(num_frames=cfg.num_frames, frame_size=cfg.frame_size,
                                        max_event_frames=min(6, cfg.num_frames // 3), **sizes)
-    return tuple(syn.TemporalGroundingDataset.from_config(data, s, gap=cfg.frame_gap) for s in ("train", "test"))
+    return tuple(syn.TemporalGroundingDataset.from_config(data, s, gap=cfg.frame_gap, prompt_template=cfg.prompt())
+                 for s in ("train", "test"))
 
 
 def generated_side(cfg: GroundingExperimentConfig) -> int:
@@ -176,10 +206,13 @@ def generated_side(cfg: GroundingExperimentConfig) -> int:
     return cols * cfg.frame_size + (cols - 1) * cfg.frame_gap
 
 
-def backbone_input_size(cfg: GroundingExperimentConfig) -> int:
-    """cfg.input_size, or the generated side rounded down to the preset family's patch multiple."""
+def backbone_input_size(cfg: GroundingExperimentConfig) -> int | None:
+    """cfg.input_size, or the generated side rounded down to the preset family's patch multiple; None for a
+    checkpoint (it keeps its own processor's size)."""
     from driftkit.backbones.families import get_family
 
+    if not cfg.is_preset:
+        return None
     if cfg.input_size is not None:
         return cfg.input_size
     multiple = get_family(cfg.backbone.rpartition("-")[0]).patch_multiple
@@ -196,7 +229,7 @@ def train_config(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike):
     model = VLMPolicyConfig(
         state_dim=0, horizon=horizon, action_dim=dim, backbone=cfg.backbone, mode=cfg.mode,
         num_query_tokens=cfg.num_query_tokens, cond=cfg.cond, image_size=backbone_input_size(cfg),
-        decoder=spec.name, backbone_options={"seed": cfg.seed},
+        decoder=spec.name, backbone_options={"seed": cfg.seed} if cfg.is_preset else {},
         decoder_options={"net": "expert", "hidden_dim": cfg.hidden_dim, "depth": cfg.depth, **spec.options,
                          **cfg.decoder_options},
     )
@@ -240,6 +273,35 @@ def run_experiment(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike, d
         "total_seconds": time.perf_counter() - start,
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=_jsonable))
+    return results
+
+
+TEXT_LABEL = "text answer (the VLM's own, parsed)"
+
+
+def run_text_answers(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike, datasets=None) -> dict | None:
+    """DRIFT's "Qwen-VL" row: the checkpoint's own greedy text answers on the test split, parsed with its
+    family's convention (unparsable ones score IoU 0); no training. None for a preset or a checkpoint that
+    records no question templates. Written to <out_dir>/results.json like run_experiment's."""
+    from driftkit.grounding.actions import CAMERA
+    from driftkit.grounding.evaluate import EvalVariant
+    from driftkit.grounding.pretrain_model import pretrained_meta
+    from driftkit.policy import TextPolicy, TextPolicyConfig
+
+    meta = None if cfg.is_preset else pretrained_meta(cfg.backbone)
+    if meta is None:
+        return None
+    start = time.perf_counter()
+    _, test = datasets if datasets is not None else build_datasets(cfg)
+    device = resolve_device(cfg.device)
+    policy = TextPolicy(TextPolicyConfig(backbone=cfg.backbone, mode="frozen", cameras=(CAMERA,),
+                                         answer="box" if cfg.task == "spatial" else "interval",
+                                         clip_seconds=meta.get("clip_seconds", 16.0))).to(device).eval()
+    ev = evaluate(policy, test, cfg.task, EvalVariant(TEXT_LABEL), cfg.seed, cfg.eval_batch_size, cfg.latency_repeats)
+    results = {"task": cfg.task, "decoder": "text", "seed": cfg.seed, "config": cfg.to_dict(), "train": None,
+               "evaluations": [ev], "postprocess": POSTPROCESS, "device": str(device),
+               "torch_threads": torch.get_num_threads(), "total_seconds": time.perf_counter() - start}
+    write_text_atomic(Path(out_dir) / "results.json", json.dumps(results, indent=2, default=_jsonable))
     return results
 
 

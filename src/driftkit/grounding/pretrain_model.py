@@ -155,6 +155,21 @@ def export_checkpoint(policy, path: str | os.PathLike, dtype: str = "bfloat16", 
     return Path(path)
 
 
+def pretrained_meta(path: str | os.PathLike) -> dict | None:
+    """What export_checkpoint recorded with a checkpoint (family, answer convention, question templates
+    {"box": "Locate {expression}.", ...}, clip_seconds, scores), or None when the directory has no
+    driftkit_text_answers.json."""
+    file = Path(path) / ANSWERS_FILE
+    if not file.is_file():
+        return None
+    try:
+        meta = json.loads(file.read_text())
+        meta["questions"] = dict(meta["questions"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{file} is not a text-answers file of export_checkpoint (no 'questions': {e})") from e
+    return meta
+
+
 def _drop_tokens(path: Path, tokens: set[str], vocab: int) -> None:
     """Remove added tokens (the query tokens, ids >= vocab) from a saved tokenizer's files."""
     file = path / "tokenizer.json"
