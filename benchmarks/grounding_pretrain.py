@@ -18,6 +18,7 @@ Steps (each resumable: rerunning the same command continues where it stopped):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def answer_scores(policy, data: TextGroundingData, task: str, batch_size: int = 64) -> dict:
-    """Greedy text answers of one task's items, parsed and scored; also ms per query and a few examples."""
+    """Greedy text answers of one task's items, parsed and scored; also ms per query, a few examples and the
+    parsed predictions [N, 1, D] (NaN rows where unparsable)."""
     kind, score = KIND_OF_TASK[task]
     preds, texts, start = [], [], time.perf_counter()
     for lo in range(0, len(data), batch_size):
@@ -85,7 +87,7 @@ def answer_scores(policy, data: TextGroundingData, task: str, batch_size: int = 
     unparsed = int(torch.isnan(pred).any(-1).sum())
     examples = [{"question": data.questions[i], "answer": texts[i], "truth": data.answers[i]} for i in range(4)]
     return {"metrics": metrics, "unparsable": unparsed, "n": len(data), "ms_per_query": ms,
-            "examples": examples}
+            "examples": examples, "predictions": pred}
 
 
 def constant_scores(train_data: TextGroundingData, test_data: TextGroundingData, task: str) -> dict:
@@ -136,10 +138,11 @@ def run(args) -> dict:
     for task in ("spatial", "temporal") if args.clips else ("spatial",):
         kind = KIND_OF_TASK[task][0]
         held_out = test_data.subset(kind)
-        seen = train_data.subset(kind)
-        seen = _first(seen, min(len(seen), len(held_out)))
-        tasks[task] = {"test": answer_scores(policy, held_out, task), "train": answer_scores(policy, seen, task),
-                       "constant": constant_scores(train_data, held_out, task)}
+        seen = train_data.subset(kind, first=len(held_out))
+        test, seen_scores = answer_scores(policy, held_out, task), answer_scores(policy, seen, task)
+        seen_scores.pop("predictions")
+        tasks[task] = {"test": test, "train": seen_scores, "constant": constant_scores(train_data, held_out, task),
+                       "test_by_level": level_scores(held_out, test.pop("predictions"), task)}
     export_checkpoint(policy, out / "export", extra={"step": step, "scores": {t: v["test"]["metrics"]
                                                                               for t, v in tasks.items()}})
     return {"data": data_cfg.to_dict(), "model": size.to_dict(), "steps": step, "batch_size": args.batch_size,
@@ -148,16 +151,22 @@ def run(args) -> dict:
             "export": str(out / "export")}
 
 
-def _first(data: TextGroundingData, n: int) -> TextGroundingData:
-    keep = list(range(n))
-    return TextGroundingData([data.images[i] for i in keep], [data.questions[i] for i in keep],
-                             [data.answers[i] for i in keep], [data.kinds[i] for i in keep],
-                             [data.truth[i] for i in keep])
+def level_scores(data: TextGroundingData, pred: torch.Tensor, task: str) -> dict:
+    """The test answers' metrics per expression / query kind ({"colour": {"n": 80, "Acc@0.5": ..}, ...})."""
+    score = KIND_OF_TASK[task][1]
+    out = {}
+    for level in sorted({v for v in data.levels if v is not None}):
+        rows = [i for i, v in enumerate(data.levels) if v == level]
+        scores = score(pred[rows], data.targets()[rows])
+        out[level] = {"n": len(rows), **dict(zip(scores.columns(), scores.percentages()))}
+    return out
 
 
 def table(res: dict) -> str:
     lines = [f"{res['parameters'] / 1e6:.2f} M parameters, {res['steps']} steps x {res['batch_size']}, "
              f"{res['train_items']} training items, training {res['train_seconds'] / 60:.1f} min", ""]
+    if res.get("trained_by"):
+        lines[-1:-1] = [f"(Rescored with --eval-only; trained by `{res['trained_by']}`.)"]
     for task, cols in (("spatial", ("Acc@0.5", "Acc@0.75", "Acc@0.9", "mIoU")),
                        ("temporal", ("R@1 IoU=0.3", "R@1 IoU=0.5", "R@1 IoU=0.7", "mIoU"))):
         if task not in res["tasks"]:
@@ -171,6 +180,9 @@ def table(res: dict) -> str:
                          + f" | {r[split]['unparsable']} / {r[split]['n']} | {r[split]['ms_per_query']:.1f} |")
         lines.append("| constant (mean training target), test | "
                      + " | ".join(f"{r['constant'].get(c, float('nan')):.1f}" for c in cols) + " | 0 | 0 |")
+        for level, m in r.get("test_by_level", {}).items():
+            lines.append(f"| text, test, {level} only ({m['n']}) | " + " | ".join(f"{m[c]:.1f}" for c in cols)
+                         + " | | |")
         lines += ["", "Examples (test): " + "; ".join(f"`{e['question']}` -> `{e['answer']}` (truth `{e['truth']}`)"
                                                      for e in r["test"]["examples"][:3]), ""]
     return "\n".join(lines)
@@ -179,7 +191,12 @@ def table(res: dict) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     res = run(args)
-    write_results(RESULTS / f"grounding-pretrain-{args.name}.json", res, table(res))
+    path = RESULTS / f"grounding-pretrain-{args.name}.json"
+    if args.eval_only and path.is_file():  # rescoring: the training's own time and command stay on record
+        before = json.loads(path.read_text())
+        res["train_seconds"] = before.get("train_seconds", res["train_seconds"])
+        res["trained_by"] = before.get("trained_by", before.get("command"))
+    write_results(path, res, table(res))
     print(table(res))
 
 

@@ -99,16 +99,21 @@ class PretrainDataConfig:
 
 class TextGroundingData(Dataset):
     """Items {observation.images.frame: [3, S, S] float in [0, 1], task: question, answer: text}; images are
-    held as uint8 [3, S, S] (a quarter of the memory of floats). `kinds[i]` says what item i asks."""
+    held as uint8 [3, S, S] (a quarter of the memory of floats). `kinds[i]` says what item i asks, `levels[i]`
+    which expression or query kind of the benchmark it is ("colour", "single", "move", ...; None for
+    descriptions)."""
 
     cameras = [CAMERA]
 
     def __init__(self, images: list[Tensor], questions: list[str], answers: list[str], kinds: list[str],
-                 truth: list[tuple[float, ...] | None]):
-        if not (len(images) == len(questions) == len(answers) == len(kinds) == len(truth)) or not images:
+                 truth: list[tuple[float, ...] | None], levels: list[str | None] | None = None):
+        levels = [None] * len(images) if levels is None else levels
+        if not (len(images) == len(questions) == len(answers) == len(kinds) == len(truth) == len(levels)) or not images:
             raise ValueError(f"got {len(images)} images, {len(questions)} questions, {len(answers)} answers, "
-                             f"{len(kinds)} kinds, {len(truth)} targets; need the same number, at least one")
+                             f"{len(kinds)} kinds, {len(truth)} targets, {len(levels)} levels; need the same number, "
+                             "at least one")
         self.images, self.questions, self.answers, self.kinds, self.truth = images, questions, answers, kinds, truth
+        self.levels = levels
 
     def __len__(self) -> int:
         return len(self.images)
@@ -116,14 +121,16 @@ class TextGroundingData(Dataset):
     def __getitem__(self, i: int) -> dict:
         return {CAMERA: self.images[i].float() / 255.0, TASK_KEY: self.questions[i], ANSWER_KEY: self.answers[i]}
 
-    def subset(self, kind: str) -> "TextGroundingData":
-        """The items of one kind ("box", "interval" or "describe")."""
-        keep = [i for i, k in enumerate(self.kinds) if k == kind]
+    def subset(self, kind: str | None = None, level: str | None = None, first: int | None = None
+               ) -> "TextGroundingData":
+        """The items of one kind ("box", "interval" or "describe") and/or one level, the first `first` of them."""
+        keep = [i for i, (k, v) in enumerate(zip(self.kinds, self.levels))
+                if kind in (None, k) and level in (None, v)][:first]
         if not keep:
-            raise ValueError(f"no {kind!r} items; kinds present: {sorted(set(self.kinds))}")
+            raise ValueError(f"no items of kind {kind!r}, level {level!r}; kinds present: {sorted(set(self.kinds))}")
         pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
         return TextGroundingData(pick(self.images), pick(self.questions), pick(self.answers), pick(self.kinds),
-                                 pick(self.truth))
+                                 pick(self.truth), pick(self.levels))
 
     def targets(self) -> Tensor:  # [N, 1, D]
         """Ground truth of a one-kind subset (fractions), for the grounding metrics."""
@@ -142,17 +149,18 @@ def make_pretrain_data(cfg: PretrainDataConfig, split: str) -> TextGroundingData
     scenes = cfg.train_scenes if split == "train" else cfg.test_size
     clips = cfg.temporal_clips if split == "train" else cfg.test_size
     coin = np.random.default_rng([cfg.seed, 7, split == "train"])
-    images, questions, texts, kinds, truth = [], [], [], [], []
+    images, questions, texts, kinds, truth, levels = [], [], [], [], [], []
 
-    def add(image, question, text, kind, target):
+    def add(image, question, text, kind, target, level=None):
         images.append(image), questions.append(question), texts.append(text), kinds.append(kind)
-        truth.append(target)
+        truth.append(target), levels.append(level)
 
     spatial = cfg.spatial_config()
     for i in range(scenes):
         ex = make_spatial_example(spatial, split, i)
         image = _uint8(ex.image)
-        add(image, QUESTIONS["box"].format(expression=ex.expression), answers.box(ex.box, size, size), "box", ex.box)
+        add(image, QUESTIONS["box"].format(expression=ex.expression), answers.box(ex.box, size, size), "box", ex.box,
+            ex.kind)
         if coin.random() < cfg.describe_fraction:
             objects = [(o.size, o.colour, o.shape, o.center[0]) for o in ex.scene.objects]
             add(image, QUESTIONS["describe"], answers.describe(objects), "describe", None)
@@ -162,5 +170,5 @@ def make_pretrain_data(cfg: PretrainDataConfig, split: str) -> TextGroundingData
         frames = [ex.frames[k] for k in sample_frame_indices(len(ex.frames), cfg.num_frames)]
         grid = _uint8(frame_grid(frames, cfg.grid_cols, gap=0))
         add(grid, QUESTIONS["interval"].format(query=ex.query), answers.interval(ex.interval, cfg.clip_seconds),
-            "interval", ex.interval)
-    return TextGroundingData(images, questions, texts, kinds, truth)
+            "interval", ex.interval, ex.kind)
+    return TextGroundingData(images, questions, texts, kinds, truth, levels)
