@@ -32,7 +32,7 @@ from driftkit.grounding.evaluate import constant_baseline
 from driftkit.grounding.pretrain_model import pretrained_meta
 from driftkit.grounding.experiment import (
     DECODER_SPECS, GroundingExperimentConfig, backbone_input_size, build_datasets, parse_decoder_spec, run_experiment,
-    run_text_answers,
+    run_text_answers, TEXT_LABEL,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -169,6 +169,8 @@ def refinement_table(results: list[dict], task: str) -> str:
     head = ["residual (evaluation)", "compared with", f"Δ {strict}", "Δ mIoU", "pairs"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---:|---:|"]
     for res_label, evs in rows.items():
+        if res_label == TEXT_LABEL:
+            continue
         spec = parse_decoder_spec(res_label.split(" ")[0])
         if spec.name not in ("residual_flow", "residual_drift") or res_label.endswith(" base"):
             continue

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from driftkit.backbones import Backbone
 from driftkit.grounding.actions import CAMERA
 from driftkit.grounding.pretrain import TextGroundingData
-from driftkit.grounding.pretrain_model import ModelSize, export_checkpoint, init_checkpoint
+from driftkit.grounding.pretrain_model import ModelSize, export_checkpoint, init_checkpoint, pretrained_meta
 from driftkit.grounding.text_answers import text_answers
 from driftkit.policy import TextPolicy, TextPolicyConfig, load_policy
 from driftkit.policy.text import IGNORE
@@ -93,11 +93,13 @@ def test_save_load_same_text(trained, tmp_path):
 
 
 def test_export_loads_like_a_downloaded_checkpoint(trained, tmp_path):
-    # catches: query tokens left in the exported vocabulary, weights not written, answers that change on reload
+    # catches: query tokens left in the exported vocabulary, weights not written, answers that change on reload;
+    # the image side recorded as a nominal 224 instead of the one trained on (the grounding runner asks in it)
     policy, data, _, _ = trained
     export_checkpoint(policy, tmp_path / "fp32", dtype="float32")
     bb = Backbone.from_pretrained(str(tmp_path / "fp32"))
     assert bb.base_vocab == policy.backbone.base_vocab  # the query rows were dropped before saving
+    assert bb.image_size == SIDE and pretrained_meta(tmp_path / "fp32")["image_size"] == SIDE
     reloaded = TextPolicy(TextPolicyConfig(backbone=str(tmp_path / "fp32"), cameras=(CAMERA,)))
     assert reloaded.generate(_obs(data)) == data.answers
 

@@ -15,6 +15,7 @@ embedding), so they train whatever the mode while the LM's own embedding matrix 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -437,7 +438,11 @@ def _random_model(fam: Family, path: str | os.PathLike, config: BackboneConfig) 
 
 def _processor_side(processor) -> int:
     size = getattr(processor, "size", None) or {}
+    if getattr(processor, "temporal_patch_size", None) is not None:  # Qwen: size is a pixel budget
+        if size.get("longest_edge") and size.get("shortest_edge") == size["longest_edge"]:
+            return math.isqrt(int(size["longest_edge"]))  # min = max pixels: one fixed square side
+        return 224  # any size within the budget; 224 is a typical input side
     for key in ("height", "longest_edge"):
-        if key in size and size[key] < 10_000:
+        if key in size:
             return int(size[key])
-    return 224  # pixel-budget processors (Qwen) take any size; 224 is a typical input side
+    return 224

@@ -145,7 +145,7 @@ def export_checkpoint(policy, path: str | os.PathLike, dtype: str = "bfloat16", 
     queries = set(bb.tokenizer.convert_ids_to_tokens(bb.query_ids))
     convention = TEXT_ANSWERS[bb.family.name]
     meta = {"family": bb.family.name, "convention": asdict(convention), "questions": QUESTIONS,
-            "clip_seconds": policy.config.clip_seconds, "image_size": bb.image_size, **(extra or {})}
+            "clip_seconds": policy.config.clip_seconds, "image_size": _trained_side(policy), **(extra or {})}
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         bb.tokenizer.save_pretrained(tmp)
@@ -153,6 +153,12 @@ def export_checkpoint(policy, path: str | os.PathLike, dtype: str = "bfloat16", 
         bb.image_processor.save_pretrained(tmp)
         (tmp / ANSWERS_FILE).write_text(json.dumps(meta, indent=2))
     return Path(path)
+
+
+def _trained_side(policy) -> int:
+    """The image side the policy was trained on (its data's), else the backbone's nominal one."""
+    shape = policy.config.image_shape
+    return int(shape[-1]) if shape else policy.backbone.image_size
 
 
 def pretrained_meta(path: str | os.PathLike) -> dict | None:
