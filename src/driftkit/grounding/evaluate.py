@@ -97,7 +97,8 @@ def evaluate(policy, test, task: str, variant: EvalVariant, seed: int = 0, batch
     return {
         "label": variant.label, "temperature": variant.temperature, "base_only": variant.base_only,
         "metrics": dict(zip(scores.columns(), scores.percentages())), "scores": scores.to_dict(),
-        "nfe": policy.decoder.base.nfe() if variant.base_only else policy.nfe(), "ms_per_prediction": timer.ms["all"] / len(test),
+        "nfe": policy.decoder.base.nfe() if variant.base_only else policy.nfe(),
+        "ms_per_prediction": timer.ms["all"] / len(test),
         "eval_batch_size": batch_size, "latency_ms": latency,
         "num_clipped": num_clipped, "num_reordered": num_reordered,
     }
