@@ -36,3 +36,25 @@ def test_shipped_checkpoint_loads_answers_and_grounds():
     scores = score_boxes(policy.parse(texts, obs), data.targets())
     metrics = dict(zip(scores.columns(), scores.percentages()))
     assert scores.num_invalid <= 2 and metrics["Acc@0.5"] >= 30.0, metrics
+
+
+def test_grounding_sweep_runs_on_the_checkpoint_with_its_text_row(tmp_path):
+    """benchmarks/grounding.py --backbone <checkpoint>: the scenes are made at the checkpoint's own side, the
+    decoders train on it in frozen mode, and its own text answers are a row of the table. Mutations caught: the
+    recorded image side ignored (the preset sizing's 112 px); the text row left out or counted per seed."""
+    import json
+    import sys
+
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import grounding
+    finally:
+        sys.path.remove(benchmarks)
+    out = tmp_path / "g"
+    grounding.main(["--task", "spatial", "--smoke", "--backbone", str(CHECKPOINT), "--mode", "frozen",
+                    "--decoders", "regression", "--seeds", "0", "1", "--out", str(out), "--threads", "1"])
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["settings"]["image_size"] == 128 and summary["settings"]["mode"] == "frozen"
+    assert [r["decoder"] for r in summary["runs"]] == ["text", "regression", "regression"]
+    assert "| text answer (the VLM's own, parsed) |" in out.with_suffix(".md").read_text()
