@@ -226,7 +226,8 @@ def stages_markdown(rows: list[dict]) -> str:
                      f"{r['shared_prefix_ms']:.3f} | {r['decoder_ms']:.2f} | {r['selection_ms']:.2f} | "
                      f"{r['total_ms']:.2f} | {comp} |")
     index = {(r["preset"], r["variant"], r["decoder"], r["k"]): r for r in rows}
-    lines += ["", "| preset | variant | K | flow / drift, decoder | flow / drift, whole chunk |", "|---|---|---|---|---|"]
+    lines += ["", "| preset | variant | K | flow / drift, decoder | flow / drift, whole chunk |",
+              "|---|---|---|---|---|"]
     for (preset, variant, name, k), flow in index.items():
         drift = index.get((preset, variant, "drift", k))
         if name == "flow" and drift is not None:

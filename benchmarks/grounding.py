@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -81,7 +80,7 @@ def make_config(args, spec: str, seed: int) -> GroundingExperimentConfig:
         sizing["steps"] = args.steps
     if args.backbone:
         sizing["backbone"] = args.backbone
-        meta = pretrained_meta(args.backbone) if os.path.isdir(args.backbone) else None
+        meta = pretrained_meta(args.backbone)  # None for a preset or a checkpoint without its answers file
         if meta is not None:  # ask in the pretraining's layout: its image side, 16 frames tiled 4 x 4 with no gap
             sizing.update(image_size=meta["image_size"], frame_size=meta["image_size"] // 4, frame_gap=0)
     if args.mode:

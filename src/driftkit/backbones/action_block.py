@@ -42,7 +42,8 @@ CACHE_MODES = ("none", "prefix", "adaptive")
 
 def bin_vocab_ids(backbone: Backbone, num_bins: int, layout: str) -> Tensor:
     """[num_bins] LM vocabulary ids of the bins in class order (Backbone.bin_ids, the rows lm_head_rows reads).
-    Ids of special, added or query tokens are refused: a bin fed back as an input would be read as an image placeholder or a query token."""
+    Ids of special, added or query tokens are refused: a bin fed back as an input would be read as an image
+    placeholder or a query token."""
     ids = backbone.bin_ids(num_bins, layout)
     tok = backbone.tokenizer
     reserved = set(tok.all_special_ids) | set(tok.added_tokens_decoder) | set(backbone.special_ids.values())
@@ -92,7 +93,8 @@ class BlockCache(Cache):
     """A transformers Cache holding, per layer, one buffer [N, kv_heads, L + S, head_dim]: the prefix
     keys/values (copied once, rows repeated for K samples) followed by S block slots. The attention layers
     call update(); it writes the block slots of the current pass in place (`index` [N, m]: which slots the m
-    queries are; None = all S in order) and returns the whole buffer, so keys line up with the mask's columns [prefix | slot 0 .. S - 1]."""
+    queries are; None = all S in order) and returns the whole buffer, so keys line up with the mask's columns
+    [prefix | slot 0 .. S - 1]."""
 
     def __init__(self, prefix: PrefixState, slots: int, repeats: int = 1):
         if prefix.copies != 1:
