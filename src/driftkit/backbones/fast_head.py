@@ -88,12 +88,18 @@ class FASTGeneration:
 
 
 class FASTLMHead(nn.Module):
-    """FAST tokens emitted autoregressively by the backbone's LM head. Owns the backbone (its trainable
-    weights are this module's parameters), the id mapping and the quantile statistics."""
+    """FAST tokens emitted autoregressively by the backbone's LM head. Holds the id mapping and the quantile
+    statistics; owns the backbone (its trainable weights are this module's parameters) unless owns_backbone=False,
+    for a policy that registers the backbone itself (one name per weight in its state dict and checkpoints)."""
 
-    def __init__(self, backbone: Backbone, tokenizer: FASTTokenizer, config: FASTHeadConfig | None = None):
+    def __init__(self, backbone: Backbone, tokenizer: FASTTokenizer, config: FASTHeadConfig | None = None,
+                 owns_backbone: bool = True):
         super().__init__()
-        self.backbone, self.tokenizer = backbone, tokenizer
+        if owns_backbone:
+            self.backbone = backbone
+        else:  # a plain attribute: not a submodule, so its weights are not listed a second time
+            self.__dict__["backbone"] = backbone
+        self.tokenizer = tokenizer
         self.config = config or FASTHeadConfig()
         self.horizon, self.dim = tokenizer.config.horizon, tokenizer.config.dim
         self.normalizer = Normalizer(self.dim, "quantile")

@@ -74,7 +74,8 @@ class FASTPolicy(VLMPolicy):
             raise ValueError("a FAST policy needs a fitted FAST tokenizer: build it with "
                              "FASTPolicy.for_training(config, dataset) or load one with from_pretrained")
         super().__init__(config, backbone)
-        self.head = FASTLMHead(self.backbone, tokenizer, FASTHeadConfig(end_token=config.end_token))
+        self.head = FASTLMHead(self.backbone, tokenizer, FASTHeadConfig(end_token=config.end_token),
+                               owns_backbone=False)
         if (self.head.horizon, self.head.dim) != config.target_shape:
             raise ValueError(f"the FAST tokenizer was fitted on (T, D) = {(self.head.horizon, self.head.dim)}, but "
                              f"the config has (horizon, action_dim) = {config.target_shape} (T={self.head.horizon}, "
