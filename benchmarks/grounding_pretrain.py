@@ -6,8 +6,9 @@ its text answers on held-out referring scenes and temporal clips (DRIFT's "Qwen-
     python benchmarks/grounding_pretrain.py --name smoke --smoke --out /tmp/gp   # pipeline check
 
 Steps (each resumable: rerunning the same command continues where it stopped):
-  1. <out>/init: a random checkpoint of --family/--width/--depth (grounding.pretrain_model.init_checkpoint);
-  2. training through the one trainer (preset grounding-pretrain, model.backbone=<out>/init, data given),
+  1. <out>/init: a random checkpoint of --family/--width/--depth (grounding.pretrain_model.init_checkpoint),
+     or, with --init DIR, an earlier export to continue from (a second stage on another mix, as VLMs are made);
+  2. training through the one trainer (preset grounding-pretrain, model.backbone=<init>, data given),
      checkpoints in <out>/checkpoints every 250 steps, resumed from the newest;
   3. greedy text answers on the test split (and on as many training items, to tell under- from overfitting),
      parsed with the family's convention; unparsable answers score IoU 0; the constant baseline is the mean
@@ -30,7 +31,9 @@ from common import write_results  # noqa: E402
 
 from driftkit.grounding.metrics import score_boxes, score_moments  # noqa: E402
 from driftkit.grounding.pretrain import PretrainDataConfig, TextGroundingData, make_pretrain_data  # noqa: E402
-from driftkit.grounding.pretrain_model import ModelSize, export_checkpoint, init_checkpoint  # noqa: E402
+from driftkit.grounding.pretrain_model import (  # noqa: E402
+    ModelSize, checkpoint_size, export_checkpoint, init_checkpoint,
+)
 from driftkit.train import train  # noqa: E402
 from driftkit.train.checkpoint import latest_checkpoint  # noqa: E402
 from driftkit.train.config import make_config  # noqa: E402
@@ -43,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="cpu", help="Results go to grounding-pretrain-<name>.{json,md}.")
     p.add_argument("--out", help="Run directory (default runs/grounding-pretrain-<name>).")
+    p.add_argument("--init", type=Path, help="Continue from this checkpoint directory (an export, e.g. "
+                   "checkpoints/qwen3_vl-grounding) instead of random weights; its family and sizes are used.")
     p.add_argument("--family", default="qwen2_5_vl")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--depth", type=int, default=4)
@@ -106,8 +111,10 @@ def run(args) -> dict:
     size = ModelSize(family=args.family, width=args.width, depth=args.depth, heads=args.heads,
                      kv_heads=max(1, args.heads // 2), mlp=args.mlp, vision_width=args.vision_width,
                      vision_depth=args.vision_depth, vision_heads=max(1, args.vision_width // 32))
-    init = out / "init"
-    if not (init / "config.json").is_file():
+    init = args.init or out / "init"
+    if args.init is not None:
+        size = stage_size(args.init, size)
+    elif not (init / "config.json").is_file():
         init_checkpoint(init, size, args.image_size)
     t0 = time.perf_counter()
     train_data, test_data = make_pretrain_data(data_cfg, "train"), make_pretrain_data(data_cfg, "test")
@@ -148,7 +155,15 @@ def run(args) -> dict:
     return {"data": data_cfg.to_dict(), "model": size.to_dict(), "steps": step, "batch_size": args.batch_size,
             "lr": args.lr, "train_items": len(train_data), "data_seconds": data_s, "train_seconds": train_s,
             "parameters": sum(p.numel() for p in policy.backbone.model.parameters()), "tasks": tasks,
-            "export": str(out / "export")}
+            "export": str(out / "export"), "init": None if args.init is None else str(args.init)}
+
+
+def stage_size(init: Path, size: ModelSize) -> ModelSize:
+    """The sizes of the checkpoint a second stage continues from; its family must be the one asked for."""
+    found = checkpoint_size(init)
+    if found.family != size.family:
+        raise SystemExit(f"--init {init} is a {found.family} checkpoint, but --family is {size.family}")
+    return found
 
 
 def level_scores(data: TextGroundingData, pred: torch.Tensor, task: str) -> dict:
@@ -163,7 +178,8 @@ def level_scores(data: TextGroundingData, pred: torch.Tensor, task: str) -> dict
 
 
 def table(res: dict) -> str:
-    lines = [f"{res['parameters'] / 1e6:.2f} M parameters, {res['steps']} steps x {res['batch_size']}, "
+    lines = [f"{res['parameters'] / 1e6:.2f} M parameters, {res['steps']} steps x {res['batch_size']}"
+             + (f" (continuing from {res['init']})" if res.get("init") else "") + ", "
              f"{res['train_items']} training items, training {res['train_seconds'] / 60:.1f} min", ""]
     if res.get("trained_by"):
         lines[-1:-1] = [f"(Rescored with --eval-only; trained by `{res['trained_by']}`.)"]

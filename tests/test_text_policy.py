@@ -12,7 +12,9 @@ from safetensors import safe_open
 from driftkit.backbones import Backbone
 from driftkit.grounding.actions import CAMERA
 from driftkit.grounding.pretrain import TextGroundingData
-from driftkit.grounding.pretrain_model import ModelSize, export_checkpoint, init_checkpoint, pretrained_meta
+from driftkit.grounding.pretrain_model import (
+    ModelSize, checkpoint_size, export_checkpoint, init_checkpoint, pretrained_meta,
+)
 from driftkit.grounding.text_answers import text_answers
 from driftkit.policy import TextPolicy, TextPolicyConfig, load_policy
 from driftkit.policy.text import IGNORE
@@ -111,6 +113,19 @@ def test_export_loads_like_a_downloaded_checkpoint(trained, tmp_path):
     half = TextPolicy(TextPolicyConfig(backbone=str(tmp_path / "bf16"), cameras=(CAMERA,)))
     parsed = half.parse(half.generate(_obs(data)), _obs(data))
     assert not torch.isnan(parsed).any()
+    # a second pretraining stage (grounding_pretrain.py --init) reads the sizes back from the export
+    assert checkpoint_size(tmp_path / "bf16") == SIZE
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_checkpoint_size_inverts_the_init(family, tmp_path):
+    # catches: a width read from the wrong vision field (each family names it differently), or heads / kv heads
+    # swapped
+    size = ModelSize(family=family, width=48, depth=3, heads=6, kv_heads=3, mlp=80, vision_width=48,
+                     vision_depth=1, vision_heads=3)
+    assert checkpoint_size(init_checkpoint(tmp_path / family, size, image_size=SIDE)) == size
+    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+        checkpoint_size(tmp_path / "missing")
 
 
 def test_config_errors_name_the_value():

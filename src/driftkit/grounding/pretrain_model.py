@@ -102,6 +102,24 @@ def model_config(size: ModelSize, ids: dict[str, int], image_size: int):
     return config
 
 
+def checkpoint_size(path: str | os.PathLike) -> ModelSize:
+    """The ModelSize of a checkpoint directory written by init_checkpoint or export_checkpoint (the inverse of
+    model_config), read from its config.json."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: {path} is not a checkpoint directory")
+    config = json.loads(file.read_text())
+    family = config.get("model_type")
+    if family not in VISION_FIELDS:
+        raise ValueError(f"{file}: model_type {family!r} is not one of the families pretrained here "
+                         f"({sorted(VISION_FIELDS)})")
+    text, vision = config["text_config"], config["vision_config"]
+    return ModelSize(family=family, width=text["hidden_size"], depth=text["num_hidden_layers"],
+                     heads=text["num_attention_heads"], kv_heads=text["num_key_value_heads"],
+                     mlp=text["intermediate_size"], vision_width=vision[VISION_FIELDS[family][0]],
+                     vision_depth=vision["depth"], vision_heads=vision["num_heads"])
+
+
 def init_checkpoint(path: str | os.PathLike, size: ModelSize, image_size: int, seed: int = 0) -> Path:
     """Write a randomly initialised VLM of `size` (float32) as a checkpoint directory, atomically."""
     import torch
