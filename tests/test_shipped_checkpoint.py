@@ -58,3 +58,25 @@ def test_grounding_sweep_runs_on_the_checkpoint_with_its_text_row(tmp_path):
     assert summary["settings"]["image_size"] == 128 and summary["settings"]["mode"] == "frozen"
     assert [r["decoder"] for r in summary["runs"]] == ["text", "regression", "regression"]
     assert "| text answer (the VLM's own, parsed) |" in out.with_suffix(".md").read_text()
+
+
+def test_reduction_benchmark_answers_with_fewer_image_tokens(tmp_path):
+    """benchmarks/reduction_grounding.py on the checkpoint: keep 1 is the unreduced model, keep 0.25 answers
+    from 4 + 1 of its 16 image tokens (Qwen3-VL: deepstack levels reduced with the main features). Mutations
+    caught: the reduction not reaching the text answers (identical answers at a quarter of the tokens), the
+    token count of the table wrong."""
+    import json
+    import sys
+
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import reduction_grounding
+    finally:
+        sys.path.remove(benchmarks)
+    out = tmp_path / "r"
+    reduction_grounding.main(["--checkpoint", str(CHECKPOINT), "--keep", "1", "0.25", "--scores", "norm",
+                              "--n", "12", "--threads", "1", "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["keep"], r["tokens"]) for r in rows] == [(1.0, "16"), (0.25, "4 + 1 of 16")]
+    assert rows[0]["examples"] != rows[1]["examples"] or rows[0]["metrics"] != rows[1]["metrics"]

@@ -128,6 +128,22 @@ def test_checkpoint_size_inverts_the_init(family, tmp_path):
         checkpoint_size(tmp_path / "missing")
 
 
+def test_answers_go_through_the_visual_token_reduction(trained, monkeypatch):
+    # catches: generate() not applying the backbone's reduction, or the answer positions not continuing the
+    # regathered prefix (keep = 1 through the reduction path must give the same answers)
+    from driftkit.backbones.reduce import TokenReduction
+
+    policy, data, _, _ = trained
+    want, bb = policy.generate(_obs(data)), policy.backbone
+    calls, original = [], bb.reduce_visual
+    monkeypatch.setattr(bb, "reduce_visual", lambda inputs: calls.append(1) or original(inputs))
+    monkeypatch.setattr(bb, "reduction", TokenReduction(1.0))
+    assert policy.generate(_obs(data)) == want and calls == [1]
+    monkeypatch.setattr(bb, "reduction", TokenReduction(0.25, merged=0))
+    fewer = policy.generate(_obs(data))
+    assert len(fewer) == len(want) and fewer != want  # 1 of 4 image tokens: the answers change
+
+
 def test_config_errors_name_the_value():
     with pytest.raises(ValueError, match="decoder='flow'"):
         TextPolicyConfig(backbone="qwen2_5_vl-tiny", decoder="flow")

@@ -13,7 +13,7 @@ from driftkit.backbones.reduce import TokenReduction
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-REDUCIBLE = [("qwen2_5_vl", 112), ("smolvlm", 128), ("qwen2_vl", 112)]
+REDUCIBLE = [("qwen2_5_vl", 112), ("smolvlm", 128), ("qwen2_vl", 112), ("qwen3_vl", 128)]
 PROMPTS = ["pick up the red cube", "go"]
 
 
@@ -43,6 +43,25 @@ def test_kept_tokens_are_the_dominant_ones_and_merged_ones_are_group_means():
     assert torch.equal(out.tokens[1], f[2]) and torch.equal(out.tokens[2], f[7])
     torch.testing.assert_close(out.tokens[0], f[[0, 1, 3]].mean(0))
     torch.testing.assert_close(out.tokens[3], f[[4, 5, 6, 8, 9]].mean(0))
+    assert out.group.tolist() == [0, 0, 1, 0, 3, 3, 3, 2, 3, 3]
+
+
+def test_other_features_of_the_same_tokens_are_reduced_with_the_same_groups():
+    """Qwen3-VL's deepstack levels go the way of the main features. Mutations: apply() regrouping by the other
+    features' own similarity, dropped tokens (merged=0) counted into a mean, rows not matched to the groups."""
+    f = torch.zeros(10, 3)
+    f[[2, 7], 0] = torch.tensor([9.0, 8.0])
+    f[[0, 1, 3], 1] = 1.0
+    f[[4, 5, 6, 8, 9], 2] = 1.0
+    other = torch.randn(10, 5, generator=torch.Generator().manual_seed(0))
+    out = TokenReduction(keep=0.2, merged=2)(f)
+    want = torch.stack([other[[0, 1, 3]].mean(0), other[2], other[7], other[[4, 5, 6, 8, 9]].mean(0)])
+    torch.testing.assert_close(out.apply(other), want)
+    torch.testing.assert_close(out.apply(f), out.tokens)
+    dropped = TokenReduction(keep=0.2, merged=0)(f)
+    assert dropped.index.tolist() == [2, 7] and torch.equal(dropped.apply(other), other[[2, 7]])
+    with pytest.raises(ValueError, match="got 9 feature rows for a reduction of 10 tokens"):
+        out.apply(other[:9])
 
 
 @pytest.mark.parametrize("keep,merged,n", [(0.5, 4, 16), (0.3, 2, 49), (0.01, 3, 10), (0.9, 5, 10)])
@@ -59,12 +78,16 @@ def test_counts_are_round_keep_n_plus_the_merged(keep, merged, n):
 def test_keep_one_through_the_reduction_path_equals_the_model_s_own_image_path(family, side):
     """keep = 1.0 run through reduce_visual (features placed by the backbone, inputs_embeds) equals the
     model's pixel_values path. Mutations: features scattered into the wrong columns or image order (camera 1
-    before camera 0), query embeddings not swapped in, mask or positions regathered wrongly."""
+    before camera 0), query embeddings not swapped in, mask or positions regathered wrongly, Qwen3-VL's
+    deepstack levels left out."""
     bb = Backbone.from_preset(f"{family}-tiny", num_query_tokens=3, image_size=side).eval()
     with torch.no_grad():
         want = bb.encode(rows(side), PROMPTS).query
         inputs = bb.reduce_visual(bb.prepare(rows(side), PROMPTS), TokenReduction(1.0))
-        assert inputs.vision == {} and inputs.inputs_embeds is not None
+        if bb.family.deepstack:  # Qwen3-VL: the model places features and deepstack levels itself
+            assert list(inputs.vision) == ["mm_encoder_outputs"] and inputs.inputs_embeds is None
+        else:
+            assert inputs.vision == {} and inputs.inputs_embeds is not None
         out = bb.model(**inputs.full_kwargs(), output_hidden_states=True).hidden_states[-1]
     torch.testing.assert_close(out[:, inputs.prefix_len:], want, atol=1e-5, rtol=1e-5)
 
@@ -88,7 +111,13 @@ def test_reduced_layout_is_consistent_and_the_cached_path_matches_the_full_pass(
     dropped = 2 * (n - k - m)
     assert (red.attention_mask.sum(1) == full.attention_mask.sum(1) - dropped).all()
     width = red.input_ids.shape[1]
-    assert red.attention_mask.shape == (2, width) and red.inputs_embeds.shape[:2] == (2, width)
+    assert red.attention_mask.shape == (2, width)
+    if bb.family.deepstack:  # every level holds the output tokens of the 4 images, 2 * (k + m) per row
+        image_out = red.vision["mm_encoder_outputs"]["image"]
+        assert [len(f) for f in image_out.pooler_output] == [k + m] * 4
+        assert all([len(f) for f in level] == [k + m] * 4 for level in image_out.deepstack_features)
+    else:
+        assert red.inputs_embeds.shape[:2] == (2, width)
     assert red.position_ids.shape[-1] == width and all(v.shape == (2, width) for v in red.extra.values())
     if "mm_token_type_ids" in red.extra:
         assert torch.equal(red.extra["mm_token_type_ids"].bool(), image)
@@ -98,7 +127,7 @@ def test_reduced_layout_is_consistent_and_the_cached_path_matches_the_full_pass(
     torch.testing.assert_close(cached.query, uncached.query, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
 def test_qwen_positions_of_kept_tokens_and_text_are_unchanged(family):
     """Qwen's 3-D (t, h, w) positions: every kept or merged image token keeps the position of the original
     token it stands at, and the text and query tokens keep theirs. Mutations: positions renumbered 1-D-style
@@ -140,7 +169,7 @@ def test_fewer_tokens_change_the_features_and_keep_one_does_not():
         assert not torch.allclose(half.encode(rows(128), PROMPTS).query, base, atol=1e-3)
 
 
-@pytest.mark.parametrize("family", ["paligemma", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["paligemma"])
 def test_unsupported_families_are_named(family):
     """Mutation: reduction silently skipped for a family without visual_features."""
     with pytest.raises(ValueError, match=f"not supported for family '{family}'"):

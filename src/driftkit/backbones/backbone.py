@@ -27,7 +27,7 @@ from driftkit.backbones.config import BackboneConfig, VLMFeatures
 from driftkit.backbones.families import FAMILIES, IMAGE_SIZE, Family, family_of_model_type, get_family, list_presets
 from driftkit.backbones.families import torch_dtype
 from driftkit.backbones.inputs import PrefixInputs, camera_rows, check_batch, to_pil, to_uint8
-from driftkit.backbones.reduce import TokenReduction, place_reduced
+from driftkit.backbones.reduce import TokenReduction, place_reduced, reduce_images
 from driftkit.backbones.static import (
     StaticCaches, bucket_rows, compile_module, default_mode, keep_decoder_layers, language_model,
 )
@@ -303,19 +303,33 @@ class Backbone(nn.Module):
     def reduce_visual(self, inputs: PrefixInputs, reduction: TokenReduction | None = None) -> PrefixInputs:
         """Run the vision encoder and keep fewer image tokens (driftkit.backbones.reduce): the placeholders of
         the tokens left out leave input_ids, the mask and the positions with them, and the image features enter
-        as inputs_embeds. Qwen's 3-D positions are those of the full layout (kept tokens and the text keep
+        as inputs_embeds (Qwen3-VL's, with its deepstack levels, as mm_encoder_outputs). Qwen's 3-D positions are those of the full layout (kept tokens and the text keep
         theirs); 1-D positions are renumbered. reduction: None = the config's (no-op at visual_keep = 1)."""
         reduction = self.reduction if reduction is None else reduction
         if reduction is None:
             return inputs
         if self.family.visual_features is None:
             raise ValueError(f"visual token reduction is not supported for family {self.family.name!r}")
+        if self.family.deepstack:
+            return self._reduce_deepstack(inputs, reduction)
         features = self.family.visual_features(self.model, inputs.vision)
         embeds, columns = place_reduced(inputs, features, reduction, self.special_ids["image"],
                                         self.model.get_input_embeddings())
         inputs.inputs_embeds, inputs.vision = embeds, {}
         offset = None if self.family.mrope else self.family.position_offset
         return inputs.regather(columns, self._pad_id(), offset)
+
+    def _reduce_deepstack(self, inputs: PrefixInputs, reduction: TokenReduction) -> PrefixInputs:
+        """Qwen3-VL: each deepstack level is reduced as the main features are (same kept tokens, same groups)
+        and all of them enter through the model's mm_encoder_outputs; input_ids keep the placeholders of the
+        output tokens, so the model places the features and adds the levels at those columns itself."""
+        vision = inputs.vision
+        out = self.model.model.get_image_features(vision["pixel_values"], vision["image_grid_thw"], return_dict=True)
+        reduced, _, columns = reduce_images(inputs, list(out.pooler_output), reduction, self.special_ids["image"])
+        out.pooler_output = [r.tokens for r in reduced]
+        out.deepstack_features = [[r.apply(f) for r, f in zip(reduced, level)] for level in out.deepstack_features]
+        inputs.vision = {"mm_encoder_outputs": {"image": out}}
+        return inputs.regather(columns, self._pad_id(), None)
 
     def _pad_id(self) -> int:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -66,6 +66,10 @@ class Family:
     visual_features: Callable[[object, dict], list] | None = field(default=None, compare=False)
     """function(model, image tensors) -> one [N_i, H] tensor per image (row-major): the encoder + connector
     output in the LM's width, for visual token reduction; None = reduction is not supported."""
+    deepstack: bool = False
+    """The model also adds features of intermediate vision layers at the image positions of its first decoder
+    layers (Qwen3-VL); a reduction then reduces those levels the same way and hands all of them to the model
+    (mm_encoder_outputs) instead of placing the features itself."""
     presets: dict[str, Callable[[dict[str, int], int], object]] = field(default_factory=dict, compare=False)
     """Preset size ("tiny", "mid") -> function(token ids, image side) -> transformers config."""
 
@@ -241,13 +245,12 @@ def _paligemma_config(size: str):
 
 
 def _qwen(name: str, version: str, cls: str) -> Family:
-    # Qwen3-VL also injects deepstack features at the image positions of later layers: not reducible here.
     return Family(
         name, f"{cls}ForConditionalGeneration", "Qwen2VLImageProcessorPil", (name,), QWEN_TOKENS,
         patch_multiple=28 if version != "3" else 32, mrope=True, block_head=("start",), block_tail=("end",),
         vision_keys=("pixel_values", "image_grid_thw"), tensor_preprocessor=QwenPatches,
         presets={size: _qwen_config(version, size) for size in SIZES},
-        visual_features=_qwen_features if version != "3" else None,
+        visual_features=_qwen_features, deepstack=version == "3",
     )
 
 

@@ -41,6 +41,23 @@ class Reduced:
     """[M, H] the output features (kept ones as they were, merged ones averaged)."""
     kept: int
     """k, the dominant tokens among the M (M - k were merged)."""
+    group: Tensor
+    """[N] long: the output token each original token went into (-1 = dropped)."""
+
+    def apply(self, features: Tensor) -> Tensor:
+        """The same reduction of other features of the same N tokens, [N, H'] -> [M, H'] (each output row the
+        mean of the rows that went into it): e.g. Qwen3-VL's deepstack levels, reduced as the main features."""
+        if features.shape[0] != len(self.group):
+            raise ValueError(f"got {features.shape[0]} feature rows for a reduction of {len(self.group)} tokens")
+        return _pool(features, self.group, len(self.index))
+
+
+def _pool(features: Tensor, group: Tensor, m: int) -> Tensor:
+    """features [N, H], group [N] (output row of each, -1 = dropped) -> [M, H] means per output row."""
+    used = group >= 0
+    rows = group[used]
+    sums = features.new_zeros(m, features.shape[1], dtype=torch.float32).index_add_(0, rows, features[used].float())
+    return (sums / torch.bincount(rows, minlength=m).clamp_min(1)[:, None]).to(features.dtype)
 
 
 @dataclass(frozen=True)
@@ -75,53 +92,64 @@ class TokenReduction:
 
     def __call__(self, features: Tensor) -> Reduced:
         """features [N, H] of one image -> its Reduced tokens."""
-        n = features.shape[0]
+        n, dev = features.shape[0], features.device
         k, m = self.counts(n)
         if k == n:
-            return Reduced(torch.arange(n, device=features.device), features, n)
+            every = torch.arange(n, device=dev)
+            return Reduced(every, features, n, every)
         order = self.scores(features).argsort(descending=True, stable=True)
         dominant, rest = order[:k].sort().values, order[k:].sort().values  # [k], [N - k] in raster order
-        index, tokens = dominant, features[dominant]
+        owner = torch.full((n,), -1, dtype=torch.long, device=dev)  # the original token each one goes into
+        owner[dominant], index = dominant, dominant
         if m:
-            targets = rest[torch.linspace(0, len(rest) - 1, m, device=features.device).round().long()]
+            targets = rest[torch.linspace(0, len(rest) - 1, m, device=dev).round().long()]
             unit = F.normalize(features.float(), dim=-1)
-            group = (unit[rest] @ unit[targets].T).argmax(-1)  # [N - k] -> which target
-            group[torch.searchsorted(rest, targets)] = torch.arange(m, device=features.device)  # a target is its own
-            sums = torch.zeros(m, features.shape[1], device=features.device).index_add_(0, group, features[rest].float())
-            means = sums / torch.bincount(group, minlength=m).clamp_min(1)[:, None]
-            index, tokens = torch.cat([dominant, targets]), torch.cat([tokens, means.to(features.dtype)])
-            index, where = index.sort()
-            tokens = tokens[where]
-        return Reduced(index, tokens, k)
+            owner[rest] = targets[(unit[rest] @ unit[targets].T).argmax(-1)]  # the most similar target
+            owner[targets] = targets  # a target is its own
+            index = torch.cat([dominant, targets]).sort().values
+        group = torch.where(owner >= 0, torch.searchsorted(index, owner.clamp_min(0)), -1)
+        return Reduced(index, _pool(features, group, len(index)), k, group)
 
 
-def place_reduced(inputs, features: list[Tensor], reduction: TokenReduction, image_id: int,
-                  embed) -> tuple[Tensor, list[Tensor]]:
-    """Reduce every image of a PrefixInputs and put its tokens in the embedded rows.
-
-    inputs: PrefixInputs in the full layout (N_i placeholders for image i); features: one [N_i, H] per image,
-    row-major (row 0's cameras first); embed: ids [B, L + Q] -> [B, L + Q, H] (the LM's input embedding).
-    -> (inputs_embeds [B, L + Q, H] with each image's reduced tokens at the columns they stand at, and per
-    row the prefix columns that remain: real text and the kept/merged image columns, in order)."""
+def reduce_images(inputs, features: list[Tensor], reduction: TokenReduction, image_id: int
+                  ) -> tuple[list[Reduced], list[Tensor], list[Tensor]]:
+    """Reduce every image of a PrefixInputs in the full layout (N_i placeholders for image i); features: one
+    [N_i, H] per image, row-major (row 0's cameras first).
+    -> (per image its Reduced, per row the columns its images' output tokens stand at, per row the prefix
+    columns that remain: real text and those image columns, in order)."""
     ids, l = inputs.input_ids, inputs.prefix_len
     b, chunks = ids.shape[0], iter(features)
     per_row = len(features) // b
-    embeds, rows, columns = embed(ids), [], []
+    reduced, image_columns, columns = [], [], []
     for r in range(b):
         image_cols = (ids[r, :l] == image_id).nonzero().squeeze(-1)
         mine = [next(chunks) for _ in range(per_row)]
         if sum(len(f) for f in mine) != len(image_cols):
             raise ValueError(f"row {r} has {len(image_cols)} image placeholders but its images gave "
                              f"{[len(f) for f in mine]} features")
-        cols, values, start = [], [], 0
+        cols, start = [], 0
         for f in mine:
-            out = reduction(f)
-            cols.append(image_cols[start:start + len(f)][out.index])
-            values.append(out.tokens)
+            reduced.append(reduction(f))
+            cols.append(image_cols[start:start + len(f)][reduced[-1].index])
             start += len(f)
         cols = torch.cat(cols)
-        rows.append(embeds[r].index_put((cols,), torch.cat(values).to(embeds.dtype)))
         keep = inputs.attention_mask[r, :l].bool() & (ids[r, :l] != image_id)
         keep[cols] = True
+        image_columns.append(cols)
         columns.append(keep.nonzero().squeeze(-1))
+    return reduced, image_columns, columns
+
+
+def place_reduced(inputs, features: list[Tensor], reduction: TokenReduction, image_id: int,
+                  embed) -> tuple[Tensor, list[Tensor]]:
+    """Reduce every image (reduce_images) and put its tokens in the embedded rows; embed: ids [B, L + Q] ->
+    [B, L + Q, H] (the LM's input embedding).
+    -> (inputs_embeds [B, L + Q, H] with each image's reduced tokens at the columns they stand at, and per
+    row the prefix columns that remain)."""
+    reduced, image_columns, columns = reduce_images(inputs, features, reduction, image_id)
+    embeds, per_row = embed(inputs.input_ids), len(features) // inputs.input_ids.shape[0]
+    rows = []
+    for r, (row, cols) in enumerate(zip(embeds, image_columns)):
+        tokens = torch.cat([x.tokens for x in reduced[r * per_row:(r + 1) * per_row]])
+        rows.append(row.index_put((cols,), tokens.to(row.dtype)))
     return torch.stack(rows), columns

@@ -165,7 +165,8 @@ class TextPolicy(Policy):
 
     @torch.no_grad()
     def generate(self, obs: dict, max_new_tokens: int | None = None, timer: StageTimer | None = None) -> list[str]:
-        """Greedy answers (B strings, EOS and what follows it dropped) from a KV-cached image + prompt prefix."""
+        """Greedy answers (B strings, EOS and what follows it dropped) from a KV-cached image + prompt prefix
+        (with the backbone's visual token reduction, if it has one: training-free, so answers only)."""
         from transformers import DynamicCache
 
         from driftkit.backbones.cache import cache_kwargs
@@ -176,6 +177,7 @@ class TextPolicy(Policy):
         with stage("preprocess"):
             pre = bb.prepare(*self.inputs(obs))
         with stage("decoder"):
+            pre = bb.reduce_visual(pre)  # fewer image tokens when backbone_options set visual_keep < 1
             cache = DynamicCache(config=bb.model.config.get_text_config())
             out = bb.model(**pre.prefix_kwargs(), **cache_kwargs(bb.model, cache), use_cache=True, logits_to_keep=1)
             l = pre.prefix_len
