@@ -15,6 +15,19 @@ from driftkit.policy import TextPolicy, TextPolicyConfig
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "qwen3_vl-grounding"
 
 
+def benchmark(name: str):
+    """Import benchmarks/<name>.py (the scripts import their neighbours, e.g. common, by plain name)."""
+    import importlib
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
+
+
 def test_shipped_checkpoint_loads_answers_and_grounds():
     """Mutations caught: weights not shipped or not loaded (random weights answer unparsable or ungrounded
     text); the wrong family's answer convention; the recorded image side or questions not the ones trained on.
@@ -43,14 +56,8 @@ def test_grounding_sweep_runs_on_the_checkpoint_with_its_text_row(tmp_path):
     decoders train on it in frozen mode, and its own text answers are a row of the table. Mutations caught: the
     recorded image side ignored (the preset sizing's 112 px); the text row left out or counted per seed."""
     import json
-    import sys
 
-    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    sys.path.insert(0, benchmarks)
-    try:
-        import grounding
-    finally:
-        sys.path.remove(benchmarks)
+    grounding = benchmark("grounding")
     out = tmp_path / "g"
     grounding.main(["--task", "spatial", "--smoke", "--backbone", str(CHECKPOINT), "--mode", "frozen",
                     "--decoders", "regression", "--seeds", "0", "1", "--out", str(out), "--threads", "1"])
@@ -66,14 +73,8 @@ def test_reduction_benchmark_answers_with_fewer_image_tokens(tmp_path):
     caught: the reduction not reaching the text answers (identical answers at a quarter of the tokens), the
     token count of the table wrong."""
     import json
-    import sys
 
-    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    sys.path.insert(0, benchmarks)
-    try:
-        import reduction_grounding
-    finally:
-        sys.path.remove(benchmarks)
+    reduction_grounding = benchmark("reduction_grounding")
     out = tmp_path / "r"
     reduction_grounding.main(["--checkpoint", str(CHECKPOINT), "--keep", "1", "0.25", "--scores", "norm",
                               "--n", "12", "--threads", "1", "--out", str(out)])
