@@ -15,7 +15,9 @@ The k + m tokens leave in raster order, each standing at the column of one origi
 its own, a merged token at its target's), so the LM's positions are read off the original layout:
 Qwen's 3-D (t, h, w) positions of every kept token are unchanged and a merged token takes its target's.
 Text after the image keeps its positions too; 1-D families renumber the shortened row contiguously
-(the Backbone applies both; see Backbone.reduce_visual).
+(the Backbone applies both; see Backbone.reduce_visual). Other features of the same tokens are reduced with
+the same groups (Reduced.apply): Qwen3-VL's deepstack levels, which its first decoder layers add at the
+image positions.
 """
 
 from __future__ import annotations
