@@ -304,7 +304,8 @@ class Backbone(nn.Module):
         """Run the vision encoder and keep fewer image tokens (driftkit.backbones.reduce): the placeholders of
         the tokens left out leave input_ids, the mask and the positions with them, and the image features enter
         as inputs_embeds (Qwen3-VL's, with its deepstack levels, as mm_encoder_outputs). Qwen's 3-D positions are
-        those of the full layout (kept tokens and the text keep theirs); 1-D positions are renumbered. reduction: None = the config's (no-op at visual_keep = 1)."""
+        those of the full layout (kept tokens and the text keep theirs); 1-D positions are renumbered.
+        reduction: None = the config's (no-op at visual_keep = 1)."""
         reduction = self.reduction if reduction is None else reduction
         if reduction is None:
             return inputs
