@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -81,8 +82,10 @@ def make_config(args, spec: str, seed: int) -> GroundingExperimentConfig:
     if args.backbone:
         sizing["backbone"] = args.backbone
         meta = pretrained_meta(args.backbone)  # None for a preset or a checkpoint without its answers file
-        if meta is not None:  # ask in the pretraining's layout: its image side, 16 frames tiled 4 x 4 with no gap
-            sizing.update(image_size=meta["image_size"], frame_size=meta["image_size"] // 4, frame_gap=0)
+        if meta is not None:  # ask in the pretraining's layout: its image side, its frames tiled with no gap
+            frames = meta.get("num_frames", 16)  # exports before num_frames was recorded used 16
+            sizing.update(image_size=meta["image_size"], num_frames=frames, frame_gap=0,
+                          frame_size=meta["image_size"] // math.ceil(math.sqrt(frames)))
     if args.mode:
         sizing["mode"] = args.mode
     if args.kinds:

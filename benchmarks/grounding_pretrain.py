@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--scenes", type=int, default=3072, help="Spatial training scenes.")
     p.add_argument("--clips", type=int, default=1024, help="Temporal training clips.")
+    p.add_argument("--frames", type=int, default=16, help="Frames per clip, tiled into a ceil(sqrt) grid of one "
+                   "image (--image-size must divide by its columns).")
     p.add_argument("--describe", type=float, default=0.25, help="Fraction of scenes that also get a description.")
     p.add_argument("--kinds", nargs="+", help="Spatial expression kinds (default: the referring mix).")
     p.add_argument("--test-size", type=int, default=256)
@@ -67,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-only", action="store_true", help="Score the newest checkpoint without training.")
     p.add_argument("--smoke", action="store_true", help="A few steps on a handful of items.")
+    p.add_argument("--results", type=Path, default=RESULTS, help="Folder of the results files.")
     args = p.parse_args(argv)
     if args.smoke:
         args.scenes, args.clips, args.test_size, args.steps, args.batch_size = 16, 8, 8, 3, 4
@@ -107,7 +110,7 @@ def run(args) -> dict:
     out = Path(args.out or f"runs/grounding-pretrain-{args.name}")
     data_cfg = PretrainDataConfig(family=args.family, image_size=args.image_size, train_scenes=args.scenes,
                                   temporal_clips=args.clips, describe_fraction=args.describe, test_size=args.test_size,
-                                  kinds=args.kinds)
+                                  kinds=args.kinds, num_frames=args.frames)
     size = ModelSize(family=args.family, width=args.width, depth=args.depth, heads=args.heads,
                      kv_heads=max(1, args.heads // 2), mlp=args.mlp, vision_width=args.vision_width,
                      vision_depth=args.vision_depth, vision_heads=max(1, args.vision_width // 32))
@@ -150,8 +153,8 @@ def run(args) -> dict:
         seen_scores.pop("predictions")
         tasks[task] = {"test": test, "train": seen_scores, "constant": constant_scores(train_data, held_out, task),
                        "test_by_level": level_scores(held_out, test.pop("predictions"), task)}
-    export_checkpoint(policy, out / "export", extra={"step": step, "scores": {t: v["test"]["metrics"]
-                                                                              for t, v in tasks.items()}})
+    scores = {t: v["test"]["metrics"] for t, v in tasks.items()}
+    export_checkpoint(policy, out / "export", extra={"step": step, "num_frames": args.frames, "scores": scores})
     return {"data": data_cfg.to_dict(), "model": size.to_dict(), "steps": step, "batch_size": args.batch_size,
             "lr": args.lr, "train_items": len(train_data), "data_seconds": data_s, "train_seconds": train_s,
             "parameters": sum(p.numel() for p in policy.backbone.model.parameters()), "tasks": tasks,
@@ -207,7 +210,7 @@ def table(res: dict) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     res = run(args)
-    path = RESULTS / f"grounding-pretrain-{args.name}.json"
+    path = args.results / f"grounding-pretrain-{args.name}.json"
     if args.eval_only and path.is_file():  # rescoring: the training's own time and command stay on record
         before = json.loads(path.read_text())
         res["train_seconds"] = before.get("train_seconds", res["train_seconds"])

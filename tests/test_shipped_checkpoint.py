@@ -81,3 +81,25 @@ def test_reduction_benchmark_answers_with_fewer_image_tokens(tmp_path):
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [(r["keep"], r["tokens"]) for r in rows] == [(1.0, "16"), (0.25, "4 + 1 of 16")]
     assert rows[0]["examples"] != rows[1]["examples"] or rows[0]["metrics"] != rows[1]["metrics"]
+
+
+def test_a_second_pretraining_stage_continues_from_the_checkpoint(tmp_path):
+    """benchmarks/grounding_pretrain.py --init: training starts from the checkpoint's weights (its first loss
+    is that of a model that already answers, far below a random model's ~5 nats per token), its sizes are read
+    back, and the export records the clips' frame count for the grounding sweep. Mutations caught: --init
+    ignored (a random init), the frame count not passed to the data or not recorded."""
+    import json
+
+    from driftkit.grounding.pretrain_model import checkpoint_size
+
+    pretrain = benchmark("grounding_pretrain")
+    out = tmp_path / "run"
+    pretrain.main(["--name", "stage", "--smoke", "--init", str(CHECKPOINT), "--family", "qwen3_vl",
+                   "--image-size", "96", "--frames", "9", "--out", str(out), "--results", str(tmp_path),
+                   "--threads", "1"])
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] < 1.5, first
+    res = json.loads((tmp_path / "grounding-pretrain-stage.json").read_text())
+    assert res["init"] == str(CHECKPOINT) and res["data"]["num_frames"] == 9
+    assert pretrained_meta(out / "export")["num_frames"] == 9
+    assert checkpoint_size(out / "export") == checkpoint_size(CHECKPOINT)
