@@ -95,6 +95,22 @@ def test_eval_runs_a_saved_vla_closed_loop_with_stage_timings(runs, tmp_path):
     assert "preprocess / prefix / decoder ms" in (out / "results.md").read_text()
 
 
+def test_eval_can_reduce_the_visual_tokens_of_a_trained_vla(runs, tmp_path, monkeypatch):
+    # catches: --visual-keep not reaching the policy's backbone, the setting missing from results.json, an
+    # out-of-range keep accepted
+    from driftkit.backbones import Backbone
+
+    calls, original = [], Backbone.set_reduction
+    monkeypatch.setattr(Backbone, "set_reduction", lambda self, r: calls.append(r) or original(self, r))
+    args = ["--checkpoint", runs["flow"], "--tasks", "reach-v3", "--episodes", "1", "--seeds", "0", "--max-steps", "8"]
+    result = invoke("eval", *args, "--visual-keep", "0.5", "--out", tmp_path / "half")
+    assert result.exit_code == 0, result.output
+    assert [(r.keep, r.merged) for r in calls] == [(0.5, 1)]
+    assert json.loads((tmp_path / "half" / "results.json").read_text())["config"]["visual_keep"] == 0.5
+    bad = invoke("eval", *args, "--visual-keep", "1.5", "--out", tmp_path / "bad")
+    assert bad.exit_code != 0 and "visual_keep=1.5" in bad.output
+
+
 def test_resume_of_a_vla_run_is_bitwise_exact(data, tmp_path):
     common = [f"data.root={data}", *TINY, "decoder=flow", "steps=4", "log_every=1", "checkpoint_every=2"]
     whole = train(make_config("metaworld-vla", [*common, f"output_dir={tmp_path / 'whole'}"]))

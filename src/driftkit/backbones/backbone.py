@@ -83,10 +83,7 @@ class Backbone(nn.Module):
         self.pixel_pipeline = self.family.tensor_pipeline(image_processor)
         self.reduction = None  # visual token reduction (BackboneConfig.visual_keep < 1)
         if config.visual_keep < 1:
-            if self.family.visual_features is None:
-                raise ValueError(f"got visual_keep={config.visual_keep}, but visual token reduction is not supported "
-                                 f"for family {self.family.name!r} (supported: qwen2_vl, qwen2_5_vl, smolvlm)")
-            self.reduction = TokenReduction(config.visual_keep, config.visual_merged, config.visual_score)
+            self.set_reduction(TokenReduction(config.visual_keep, config.visual_merged, config.visual_score))
         self.static_caches = None  # StaticCaches when static_prefix_len is set
         if config.static_prefix_len is not None:
             slots = config.static_prefix_len + self.num_query_tokens
@@ -299,6 +296,15 @@ class Backbone(nn.Module):
             extra["token_type_ids"] = torch.zeros_like(ids)
             extra["token_type_ids"][:, l:] = 1  # query tokens attend causally, the prefix bidirectionally
         return PrefixInputs(ids, mask, pos, l, vision, extra)
+
+    def set_reduction(self, reduction: TokenReduction | None) -> None:
+        """Reduce the visual tokens of every later pass this way (None = keep them all). Training-free, so an
+        evaluation can set it on a trained policy (driftkit eval --visual-keep)."""
+        if reduction is not None and self.family.visual_features is None:
+            supported = sorted(name for name, f in FAMILIES.items() if f.visual_features is not None)
+            raise ValueError(f"got visual_keep={reduction.keep}, but visual token reduction is not supported for "
+                             f"family {self.family.name!r} (supported: {', '.join(supported)})")
+        self.reduction = reduction
 
     def reduce_visual(self, inputs: PrefixInputs, reduction: TokenReduction | None = None) -> PrefixInputs:
         """Run the vision encoder and keep fewer image tokens (driftkit.backbones.reduce): the placeholders of

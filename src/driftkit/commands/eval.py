@@ -46,6 +46,8 @@ def eval_command(
     out: Path = typer.Option(..., help="Folder for results.json, results.md, success_vs_latency.png."),
     dataset: Path = typer.Option(None, help="Training dataset (for its task_index map); default: the one in "
                                  "each checkpoint's config.json."),
+    visual_keep: float = typer.Option(None, help="VLM policies: keep this share of each image's visual tokens "
+                                      "and merge the others into one (training-free token reduction)."),
     workers: int = typer.Option(1, help="Processes to spread the (checkpoint, task, seed) units over, one torch "
                                 "thread each (rendering is single-threaded: use one per core)."),
 ) -> None:
@@ -56,7 +58,8 @@ def eval_command(
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         cfg = EvalConfig(tasks=tasks.split(","), episodes=episodes, seeds=seed_list, n_action_steps=n_action_steps,
-                         max_steps=max_steps, num_samples=num_samples, steps=steps, select=select, image=image)
+                         max_steps=max_steps, num_samples=num_samples, steps=steps, select=select, image=image,
+                         visual_keep=visual_keep)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     checkpoint = [_resolve_checkpoint(path) for path in checkpoint]

@@ -45,6 +45,9 @@ class EvalConfig:
     image: bool = False
     """Render the corner2 camera for policies that take images."""
     image_size: int = 64
+    visual_keep: float | None = None
+    """VLM policies: keep this share of each image's visual tokens, merging the others into one
+    (driftkit.backbones.reduce; training-free); None = all tokens."""
     tasks_resolved: list[str] = field(init=False)
 
     def __post_init__(self):
@@ -55,6 +58,8 @@ class EvalConfig:
         if not self.seeds:
             raise ValueError("got seeds=[], give at least one evaluation seed")
         self.seeds = [int(s) for s in self.seeds]
+        if self.visual_keep is not None and not 0 < self.visual_keep <= 1:
+            raise ValueError(f"got visual_keep={self.visual_keep!r}, must be in (0, 1]")
 
 
 def policy_nfe(policy, steps: int | None) -> int | None:
@@ -157,6 +162,12 @@ def evaluate_policy(policy, label: str, cfg: EvalConfig, task_map: dict[str, int
 
     from driftkit.envs.metaworld import MetaWorldEnv
 
+    if cfg.visual_keep is not None:
+        from driftkit.backbones.reduce import TokenReduction
+
+        if getattr(policy, "backbone", None) is None:
+            raise ValueError(f"got visual_keep={cfg.visual_keep}, but {label!r} is not a VLM policy")
+        policy.backbone.set_reduction(TokenReduction(cfg.visual_keep, merged=1))
     nfe = policy_nfe(policy, cfg.steps)
     # A policy trained on images says so in its config; render at its size even without cfg.image.
     policy_image = policy_image_size(policy)
