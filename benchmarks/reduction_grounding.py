@@ -55,28 +55,28 @@ def run(args) -> dict:
     data_cfg = PretrainDataConfig(family=meta["family"], image_size=meta["image_size"], train_scenes=1,
                                   temporal_clips=0, test_size=args.n, kinds=tuple(args.kinds))
     test = make_pretrain_data(data_cfg, "test").subset("box")
+    policy = TextPolicy(TextPolicyConfig(backbone=str(args.checkpoint), mode="frozen", cameras=(CAMERA,),
+                                         answer="box")).eval()
+    n = image_tokens(policy, test)
     rows = []
     for keep in args.keep:
         for score in args.scores if keep < 1 else ["none"]:
-            options = {} if keep >= 1 else {"visual_keep": keep, "visual_merged": args.merged, "visual_score": score}
-            policy = TextPolicy(TextPolicyConfig(backbone=str(args.checkpoint), mode="frozen", cameras=(CAMERA,),
-                                                 answer="box", backbone_options=options)).eval()
+            reduction = TokenReduction(keep, args.merged, score) if keep < 1 else None
+            policy.backbone.set_reduction(reduction)  # training-free: one loaded model serves every row
             found = answer_scores(policy, test, "spatial")
             found.pop("predictions")
-            rows.append({"keep": keep, "score": score, "tokens": image_tokens(policy, test, keep, args.merged),
-                         **found})
+            tokens = f"{n}" if reduction is None else "{} + {} of {}".format(*reduction.counts(n), n)
+            rows.append({"keep": keep, "score": score, "tokens": tokens, **found})
             print(f"keep {keep} ({score}): Acc@0.5 {found['metrics']['Acc@0.5']:.1f}, "
                   f"{found['ms_per_query']:.1f} ms/query")
     return {"checkpoint": str(args.checkpoint), "data": data_cfg.to_dict(), "merged": args.merged, "rows": rows}
 
 
-def image_tokens(policy, data, keep: float, merged: int) -> str:
-    """'k + m of N' image tokens per scene at this keep ratio."""
+def image_tokens(policy, data) -> int:
+    """N, the image tokens of one scene before any reduction."""
     bb = policy.backbone
     images, prompts = policy.inputs({CAMERA: data[0][CAMERA][None], "task": [data[0]["task"]]})
-    n = int(bb.prepare(images, prompts).input_ids.eq(bb.special_ids["image"]).sum())
-    k, m = TokenReduction(min(keep, 1.0), merged).counts(n)
-    return f"{n}" if keep >= 1 else f"{k} + {m} of {n}"
+    return int(bb.prepare(images, prompts).input_ids.eq(bb.special_ids["image"]).sum())
 
 
 def table(res: dict) -> str:
