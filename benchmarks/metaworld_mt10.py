@@ -80,13 +80,13 @@ def collect_config(args):
 
 
 def train_sets(args, run: Run, seed: int, data: Path, out: Path) -> list[str]:
-    h = args.hidden
+    h, steps = args.hidden, run.steps(args)
     return [f"decoder={run.decoder}", f"data.root={data}", "model.num_tasks=10", f"model.hidden_dim={h}",
             f"model.cond_dim={h}", f"model.decoder_options.hidden_dim={h}",
             *(f"model.decoder_options.{k}={v}" for k, v in run.options.items()),
-            f"steps={args.train_steps}", f"warmup={min(500, args.train_steps // 10)}",
+            f"steps={steps}", f"warmup={min(500, steps // 10)}",
             f"batch_size={args.batch_size}", f"lr={args.lr}", f"seed={seed}", f"output_dir={out}",
-            f"checkpoint_every={args.train_steps}", "keep_checkpoints=1", "log_every=100",
+            f"checkpoint_every={steps}", "keep_checkpoints=1", "log_every=100",
             "progress=false", "tensorboard=false"]
 
 

@@ -63,18 +63,22 @@ CONFIGS: dict[str, Run] = {
                            note="the drift checkpoint, K=8 samples, KeyStone selection"),
     "residual_drift": Run("residual_drift", "residual_drift", note="regression base + one-step drifting refiner"),
     "drift-chunk": Run("drift-chunk", "drift", {"grouping": "chunk"}, note="drift, whole chunk as one group"),
+    "drift-3x": Run("drift-3x", "drift", {"grouping": "action_dim"}, train_scale=3,
+                    note="drift trained 3x as many steps: is its deficit a training budget?"),
     "drift-timestep": Run("drift-timestep", "drift", {"grouping": "timestep"}, note="drift, one group per step"),
 
 }
 MULTI_SEED = ("flow-10", "flow-1", "drift", "drift+keystone8", "residual_flow[regression]",
               "residual_flow[regression]-base")
-ONE_SEED = ("drift-chunk", "drift-timestep")
+ONE_SEED = ("drift-chunk", "drift-3x", "drift-timestep")
 QUESTIONS = (
     ("drift", "flow-10", "Drift-VLA: does one-step drift match 10-step flow?"),
     ("flow-1", "flow-10", "Does truncating flow to 1 step lose success?"),
     ("drift+keystone8", "drift", "Does KeyStone (K=8) add anything to drift?"),
     ("drift-chunk", "drift", "chunk grouping vs action_dim grouping"),
     ("drift-timestep", "drift", "timestep grouping vs action_dim grouping"),
+    ("drift-3x", "drift", "Does drift gain from 3x the training steps (same data, same schedule shape)?"),
+    ("drift-3x", "flow-10", "Does drift at 3x the training steps reach flow-10 (at 1x)?"),
     ("residual_flow[regression]", "residual_flow[regression]-base",
      "DRIFT-MLP: does residual flow beat its own regression base (same checkpoints)?"),
     ("residual_flow[regression]", "regression", "DRIFT-MLP: does residual flow beat a regression head?"),
@@ -143,11 +147,12 @@ def collect_config(args):
 
 
 def train_sets(args, run: Run, seed: int, data: Path, out: Path) -> list[str]:
-    every = max(1, min(500, args.train_steps))
+    steps = run.steps(args)
+    every = max(1, min(500, steps))
     return [f"decoder={run.decoder}", f"data.root={data}",
             *(f"model.decoder_options.{k}={v}" for k, v in run.options.items()),
             f"model.image_size={args.image_size}",
-            f"steps={args.train_steps}", f"warmup={min(200, args.train_steps // 10)}",
+            f"steps={steps}", f"warmup={min(200, steps // 10)}",
             f"batch_size={args.batch_size}", f"lr={args.lr}", f"seed={seed}", f"output_dir={out}",
             f"checkpoint_every={every}", "keep_checkpoints=1", "log_every=100", "progress=false",
             "tensorboard=false", *run.sets, *(LARGE_FAST_SETS if args.large and run.preset == "metaworld-fast" else ())]

@@ -43,6 +43,11 @@ class Run:
     """Training preset when it is not the sweep's own (e.g. metaworld-fast for the FAST rows)."""
     sets: tuple[str, ...] = ()
     """Further --set overrides of this configuration's training (e.g. the query tokens lm_tokens reads)."""
+    train_scale: int = 1
+    """Training steps as a multiple of the sweep's --train-steps (a longer-training diagnostic)."""
+
+    def steps(self, args) -> int:
+        return self.train_scale * args.train_steps
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def train_checkpoint(bench: Bench, args, run: Run, seed: int, data: Path) -> tup
     preset = run.preset or bench.preset
     command = ["driftkit", "train", "--preset", preset, *[a for s in sets for a in ("--set", s)]]
     found = latest_checkpoint(out)
-    if found is not None and read_trainer_state(found).step == args.train_steps:
+    if found is not None and read_trainer_state(found).step == run.steps(args):
         return found, 0.0, command
     if found is not None:
         sets.append("resume=latest")

@@ -59,6 +59,15 @@ def test_large_keeps_what_the_command_line_sets(vla_bench, monkeypatch):
     assert args.train_steps == 5 and args.eval_workers == vla_bench.LARGE["eval_workers"]
 
 
+def test_a_longer_training_row_trains_its_multiple_of_the_steps(vla_bench, tmp_path):
+    # catches: train_scale ignored (drift-3x would train, and be reported, at the sweep's own step count)
+    args = vla_bench.parse_args(["--train-steps", "40"])
+    long, base = vla_bench.CONFIGS["drift-3x"], vla_bench.CONFIGS["drift"]
+    sets = lambda run: vla_bench.train_sets(args, run, 0, tmp_path, tmp_path)  # noqa: E731
+    assert "steps=120" in sets(long) and "warmup=12" in sets(long)
+    assert "steps=40" in sets(base) and long.train != base.train  # its own checkpoint, not drift's
+
+
 def test_parallel_evaluation_equals_in_process(tmp_path):
     import torch
 
