@@ -123,7 +123,7 @@ def test_compiled_policy_samples_the_eager_actions():
     eager = with_stats(VLMPolicy(policy_config(backbone_options={"static_prefix_len": 64})))
     compiled = with_stats(VLMPolicy(policy_config(backbone_options={"static_prefix_len": 64})))
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile("default")
+    compiled.compile_static("default")
     for prompts in (PROMPTS, ["place the peg", "open the drawer now"]):
         obs = vlm_obs(prompts, state_dim=S)
         gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731

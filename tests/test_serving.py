@@ -683,3 +683,16 @@ def test_openpi_websocket_client_policy(tmp_path):
     assert result["meta"]["horizon"] == T and "infer_ms" in result["timing"]
     ours = packb({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float64(1.5), "p": "x"})
     assert ours.hex() == result["packed"]
+
+
+# Mutation caught: the check testing for nn.Module's own `compile` (every policy has one), so a state policy
+# reaches the VLM-only compile path and fails with an AttributeError instead of a named error.
+def test_cli_compile_names_a_policy_it_cannot_compile(tmp_path):
+    from typer.testing import CliRunner
+
+    from driftkit.cli import app
+
+    run, _ = write_run(tmp_path)
+    result = CliRunner().invoke(app, ["serve", "--checkpoint", str(run), "--compile"])
+    assert result.exit_code != 0
+    assert "--compile supports VLM policies" in result.output and "state policy" in result.output

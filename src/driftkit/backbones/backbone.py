@@ -342,7 +342,7 @@ class Backbone(nn.Module):
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     # ---- passes -------------------------------------------------------------------------------------------
-    def compile(self, mode: str | None = None) -> None:
+    def compile_static(self, mode: str | None = None) -> None:
         """torch.compile the LM's decoder stack in place (driftkit.backbones.static); mode None = "reduce-overhead"
         (CUDA graphs) on a GPU, "default" on the CPU. Pair with static_prefix_len (and batch_buckets) so that
         one graph serves every call. The vision tower stays eager."""

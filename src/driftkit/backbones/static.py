@@ -1,6 +1,6 @@
 """Static shapes and compilation of the sampling path: one captured graph for every call.
 
-Opt-in, through BackboneConfig (static_prefix_len, batch_buckets) and VLMPolicy.compile():
+Opt-in, through BackboneConfig (static_prefix_len, batch_buckets) and VLMPolicy.compile_static():
 
     batch bucket   B rows -> the smallest bucket >= B, by repeating the last row (outputs sliced back to B);
     prefix length  every prefix left-padded to static_prefix_len columns (padding is masked, positions of the

@@ -50,11 +50,11 @@ def serve_command(
         raise typer.BadParameter(str(err)) from None
     policy = load_policy(path, device=device)
     if compile:
-        if not hasattr(policy, "compile") or not hasattr(policy, "backbone"):
+        if not hasattr(policy, "compile_static"):
             raise typer.BadParameter(f"--compile supports VLM policies; this checkpoint holds a {policy.kind} policy")
         from driftkit.backbones.static import warm_up
 
-        policy.compile()
+        policy.compile_static()
         warm_up(policy)
     server = PolicyServer(policy, host, port, max_batch=max_batch, batch_window_ms=batch_window_ms,
                           task_map=_served_task_map(path, policy))

@@ -184,16 +184,16 @@ class VLMPolicy(Policy):
         if config.gradient_checkpointing:
             self._enable_checkpointing()
         if config.compile != "none":
-            self.compile(None if config.compile == "auto" else config.compile)
+            self.compile_static(None if config.compile == "auto" else config.compile)
 
-    def compile(self, mode: str | None = None) -> None:
+    def compile_static(self, mode: str | None = None) -> None:
         """torch.compile, in place, the backbone's LM and the decoder's nets (its one step function); mode None =
         "reduce-overhead" (CUDA graphs) when a GPU is present, else "default". Compilation happens on the first
         calls: driftkit.backbones.static.warm_up(policy) makes them at load."""
         from driftkit.backbones.static import compile_nets, default_mode
 
         mode = mode or default_mode(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        self.backbone.compile(mode)
+        self.backbone.compile_static(mode)
         compile_nets(self.decoder, mode)
 
     def _cache_layout(self, options: dict) -> tuple[int, dict]:
