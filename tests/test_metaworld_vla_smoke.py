@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
+from bench_helpers import benchmark
+
 pytest.importorskip("metaworld")
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def vla_bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    import metaworld_vla
-
-    yield metaworld_vla
-    sys.path.remove(str(BENCHMARKS))
+    return benchmark("metaworld_vla")
 
 
 def test_vla_sweep_runs_summarises_and_resumes(vla_bench, tmp_path):

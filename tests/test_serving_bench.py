@@ -5,15 +5,12 @@ bounded (client timeouts, the scripts' own start / ready / time limits)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from bench_helpers import benchmark
 
-import serving_load  # noqa: E402
+serving_load = benchmark("serving_load")
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' past_key_values rename
 
@@ -47,7 +44,7 @@ def test_rtc_benchmark_core_runs_every_mode_and_resumes(server, tmp_path):
     """One 10-step Meta-World episode per mode through the served policy, the summary and comparisons, and the
     resume file round trip."""
     pytest.importorskip("metaworld")
-    import metaworld_rtc as mr
+    mr = benchmark("metaworld_rtc")
     from driftkit.envs.metaworld import MetaWorldEnv
     from driftkit.serving import PolicyClient
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from bench_helpers import benchmark
 from driftkit.backbones import Backbone
 from driftkit.grounding.actions import CAMERA
 from driftkit.grounding.metrics import score_boxes
@@ -13,19 +14,6 @@ from driftkit.grounding.pretrain_model import pretrained_meta
 from driftkit.policy import TextPolicy, TextPolicyConfig
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "qwen3_vl-grounding"
-
-
-def benchmark(name: str):
-    """Import benchmarks/<name>.py (the scripts import their neighbours, e.g. common, by plain name)."""
-    import importlib
-    import sys
-
-    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    sys.path.insert(0, folder)
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(folder)
 
 
 def test_shipped_checkpoint_loads_answers_and_grounds():
