@@ -35,3 +35,9 @@ def check_positive(name: str, value, allow_zero: bool = False) -> None:
     if value is None or (value < 0 if allow_zero else value <= 0):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"got {name}={value!r}, must be {bound}")
+
+
+def check_fraction(name: str, value) -> None:
+    """A share in (0, 1], e.g. the image tokens a reduction keeps."""
+    if value is None or not 0.0 < value <= 1.0:
+        raise ValueError(f"got {name}={value!r}, must be in (0, 1]")

@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass, field
 
 from torch import Tensor
 
-from driftkit.errors import check_choice, check_positive
+from driftkit.backbones.reduce import SCORES as VISUAL_SCORES
+from driftkit.errors import check_choice, check_fraction, check_positive
 
 MODES = ("frozen", "lora", "full")
-VISUAL_SCORES = ("norm", "attention")
 
 
 @dataclass
@@ -80,8 +80,7 @@ class BackboneConfig:
             raise ValueError(f"got query_token={self.query_token!r} with num_query_tokens={self.num_query_tokens}; "
                              "the format needs '{i}' to make distinct tokens")
         self.lora_targets = tuple(self.lora_targets)
-        if not 0.0 < self.visual_keep <= 1.0:
-            raise ValueError(f"got visual_keep={self.visual_keep}, must be in (0, 1]")
+        check_fraction("visual_keep", self.visual_keep)
         check_positive("visual_merged", self.visual_merged, allow_zero=True)
         check_choice("visual_score", self.visual_score, VISUAL_SCORES)
         if self.static_prefix_len is not None:

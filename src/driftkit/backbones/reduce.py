@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from driftkit.errors import check_choice, check_positive
+from driftkit.errors import check_choice, check_fraction, check_positive
 
 SCORES = ("norm", "attention")
 
@@ -74,8 +74,7 @@ class TokenReduction:
     """"norm" or "attention" (module docstring)."""
 
     def __post_init__(self):
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"got keep={self.keep}, must be in (0, 1]")
+        check_fraction("keep", self.keep)
         check_positive("merged", self.merged, allow_zero=True)
         check_choice("score", self.score, SCORES)
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from driftkit.envs.tasks import DIFFICULTY, resolve_tasks
+from driftkit.errors import check_fraction
 from driftkit.eval.stats import EpisodeOutcome, summarize
 
 from driftkit.policy.keys import STATE_KEY, TASK_INDEX_KEY, TASK_KEY
@@ -58,8 +59,8 @@ class EvalConfig:
         if not self.seeds:
             raise ValueError("got seeds=[], give at least one evaluation seed")
         self.seeds = [int(s) for s in self.seeds]
-        if self.visual_keep is not None and not 0 < self.visual_keep <= 1:
-            raise ValueError(f"got visual_keep={self.visual_keep!r}, must be in (0, 1]")
+        if self.visual_keep is not None:
+            check_fraction("visual_keep", self.visual_keep)
 
 
 def policy_nfe(policy, steps: int | None) -> int | None:
