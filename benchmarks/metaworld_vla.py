@@ -61,6 +61,8 @@ CONFIGS: dict[str, Run] = {
     "drift": Run("drift", "drift", {"grouping": "action_dim"}, note="one-step drifting generator, action_dim groups"),
     "drift+keystone8": Run("drift", "drift", {"grouping": "action_dim"}, {"num_samples": 8, "select": "keystone"},
                            note="the drift checkpoint, K=8 samples, KeyStone selection"),
+    "drift-T0": Run("drift", "drift", {"grouping": "action_dim"}, {"temperature": 0.0},
+                    note="the drift checkpoint at temperature 0: the generator at the noise mean, deterministic"),
     "residual_drift": Run("residual_drift", "residual_drift", note="regression base + one-step drifting refiner"),
     "drift-chunk": Run("drift-chunk", "drift", {"grouping": "chunk"}, note="drift, whole chunk as one group"),
     "drift-3x": Run("drift-3x", "drift", {"grouping": "action_dim"}, train_scale=3,
@@ -70,11 +72,12 @@ CONFIGS: dict[str, Run] = {
 }
 MULTI_SEED = ("flow-10", "flow-1", "drift", "drift+keystone8", "residual_flow[regression]",
               "residual_flow[regression]-base")
-ONE_SEED = ("drift-chunk", "drift-3x", "drift-timestep")
+ONE_SEED = ("drift-T0", "drift-chunk", "drift-3x", "drift-timestep")
 QUESTIONS = (
     ("drift", "flow-10", "Drift-VLA: does one-step drift match 10-step flow?"),
     ("flow-1", "flow-10", "Does truncating flow to 1 step lose success?"),
     ("drift+keystone8", "drift", "Does KeyStone (K=8) add anything to drift?"),
+    ("drift-T0", "drift", "Does drift gain from sampling at temperature 0 (same checkpoints)?"),
     ("drift-chunk", "drift", "chunk grouping vs action_dim grouping"),
     ("drift-timestep", "drift", "timestep grouping vs action_dim grouping"),
     ("drift-3x", "drift", "Does drift gain from 3x the training steps (same data, same schedule shape)?"),

@@ -97,12 +97,13 @@ class _ExpertPolicy:
     """Stand-in with Policy.predict's signature: the expert's action for the current state, repeated T times."""
 
     def __init__(self, task, horizon=4):
-        self.expert, self.horizon = make_expert(task), horizon
+        self.expert, self.horizon, self.temperatures = make_expert(task), horizon, set()
 
     def nfe(self, steps=None):
         return 1
 
-    def predict(self, obs_batch, num_samples=1, steps=None, select=None, timer=None):
+    def predict(self, obs_batch, num_samples=1, steps=None, select=None, timer=None, temperature=None):
+        self.temperatures.add(temperature)
         state = obs_batch["observation.state"][0].numpy()
         assert obs_batch["task_index"].tolist() == [7]
         assert obs_batch["task"] == ["reach the goal"]
@@ -119,6 +120,17 @@ def test_eval_of_expert_standin_succeeds_on_reach(tmp_path):
     assert 0 < rows["all"]["mean_length"] < 150
     for name in ("results.json", "results.md", "success_vs_latency.png"):
         assert (tmp_path / name).is_file()
+
+
+def test_eval_temperature_reaches_predict_and_is_checked(tmp_path):
+    # catches: EvalConfig.temperature not passed to predict (the decoder would sample at its own temperature);
+    # a negative temperature accepted
+    policy = _ExpertPolicy("reach-v3")
+    cfg = EvalConfig(tasks=["reach-v3"], episodes=1, seeds=[0], max_steps=8, temperature=0.0)
+    evaluate({"expert": policy}, cfg, tmp_path, task_maps={"expert": {"reach the goal": 7}}, progress=False)
+    assert policy.temperatures == {0.0}
+    with pytest.raises(ValueError, match="temperature=-1"):
+        EvalConfig(tasks=["reach-v3"], temperature=-1.0)
 
 
 def test_task_names_and_splits():

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from driftkit.envs.tasks import DIFFICULTY, resolve_tasks
-from driftkit.errors import check_fraction
+from driftkit.errors import check_fraction, check_positive
 from driftkit.eval.stats import EpisodeOutcome, summarize
 
 from driftkit.policy.keys import STATE_KEY, TASK_INDEX_KEY, TASK_KEY
@@ -43,6 +43,9 @@ class EvalConfig:
     """Integration steps of iterative decoders (None = the decoder's default)."""
     select: str | None = None
     """How the policy picks one of K samples (passed through to predict)."""
+    temperature: float | None = None
+    """Sampling temperature of stochastic decoders (passed through to predict; 0 = the deterministic output at
+    the noise mean); None = the decoder's own."""
     image: bool = False
     """Render the corner2 camera for policies that take images."""
     image_size: int = 64
@@ -59,6 +62,8 @@ class EvalConfig:
         if not self.seeds:
             raise ValueError("got seeds=[], give at least one evaluation seed")
         self.seeds = [int(s) for s in self.seeds]
+        if self.temperature is not None:
+            check_positive("temperature", self.temperature, allow_zero=True)
         if self.visual_keep is not None:
             check_fraction("visual_keep", self.visual_keep)
 
@@ -140,7 +145,7 @@ def run_episode(policy, env, cfg: EvalConfig, task_index: int | None = None) -> 
     while run.length < cfg.max_steps:
         with torch.no_grad(), timer.stage("chunk"):
             pred = policy.predict(obs_batch(obs, task_index, instruction), num_samples=cfg.num_samples,
-                                  steps=cfg.steps, select=cfg.select, timer=timer)
+                                  steps=cfg.steps, select=cfg.select, timer=timer, temperature=cfg.temperature)
             actions = chunk_to_numpy(pred)
         for stage, ms in timer.reset().items():
             (run.chunk_ms if stage == "chunk" else run.stage_ms.setdefault(stage, [])).append(ms)
