@@ -198,6 +198,8 @@ class ConfigStats:
     per_task: dict[str, float]
     per_group: dict[str, float]
     """Success per task group (mean over training seeds of the rate over the group's episodes)."""
+    per_group_se: dict[str, float]
+    """Standard error of each per_group rate, taken as `se` is."""
     eval_seed_std: float | None
     """Std across evaluation seeds of the success rate (pooled over training seeds): the evaluation-seed floor."""
     train_seconds: float
@@ -208,20 +210,29 @@ def _rate(episodes: list[dict]) -> float:
     return sum(e["success"] for e in episodes) / len(episodes) if episodes else float("nan")
 
 
+def _standard_error(per_seed: list[list[dict]]) -> tuple[float, float, float | None]:
+    """Episodes of each training seed -> (binomial SE of the pooled rate, the SE used for comparisons: the
+    larger of that and seed std / sqrt(#seeds), the seed std or None with one seed)."""
+    pooled = [e for episodes in per_seed for e in episodes]
+    p = _rate(pooled)
+    binom = math.sqrt(p * (1 - p) / len(pooled))
+    seed_std = statistics.stdev(_rate(episodes) for episodes in per_seed) if len(per_seed) > 1 else None
+    return binom, (max(binom, seed_std / math.sqrt(len(per_seed))) if seed_std is not None else binom), seed_std
+
+
 def config_stats(bench: Bench, config: str, records: list[dict]) -> ConfigStats:
     rows = [next(r for r in rec["summary"] if r["group"] == "all") for rec in records]
     rates = [_rate(rec["episodes"]) for rec in records]
     everything = [e for rec in records for e in rec["episodes"]]
     n = len(everything)
-    pooled = _rate(everything)
-    seed_std = statistics.stdev(rates) if len(rates) > 1 else None
-    binom = math.sqrt(pooled * (1 - pooled) / n)
-    se = max(binom, seed_std / math.sqrt(len(rates))) if seed_std is not None else binom
+    binom, se, seed_std = _standard_error([rec["episodes"] for rec in records])
     tasks = list(dict.fromkeys(e["task"] for e in records[0]["episodes"]))
     per_task = {t: statistics.mean(_rate([e for e in rec["episodes"] if e["task"] == t]) for rec in records)
                 for t in tasks}
-    per_group = {g: statistics.mean(_rate([e for e in rec["episodes"] if e["task"] in members]) for rec in records)
-                 for g, members in bench.groups.items() if any(t in members for t in tasks)}
+    in_group = {g: [[e for e in rec["episodes"] if e["task"] in members] for rec in records]
+                for g, members in bench.groups.items() if any(t in members for t in tasks)}
+    per_group = {g: statistics.mean(_rate(episodes) for episodes in per_seed) for g, per_seed in in_group.items()}
+    per_group_se = {g: _standard_error(per_seed)[1] for g, per_seed in in_group.items()}
     eval_seeds = sorted({e["seed"] for e in everything})
     by_eval = [_rate([e for e in everything if e["seed"] == s]) for s in eval_seeds]
     return ConfigStats(
@@ -229,6 +240,7 @@ def config_stats(bench: Bench, config: str, records: list[dict]) -> ConfigStats:
         mean=statistics.mean(rates), seed_std=seed_std, binomial_se=binom, se=se,
         mean_length=statistics.mean(r["mean_length"] for r in rows), nfe=rows[0]["nfe"],
         chunk_ms=statistics.median(r["chunk_ms_median"] for r in rows), per_task=per_task, per_group=per_group,
+        per_group_se=per_group_se,
         eval_seed_std=statistics.stdev(by_eval) if len(by_eval) > 1 else None,
         train_seconds=sum(rec["train_seconds"] for rec in records),
         eval_seconds=sum(rec["eval_seconds"] for rec in records))
@@ -247,6 +259,35 @@ def answer(stats: dict[str, ConfigStats], name_a: str, name_b: str, question: st
     return (f"**{question}** {a.config} {100 * a.mean:.1f}% ({len(a.rates)} seed(s)) vs {b.config} "
             f"{100 * b.mean:.1f}% ({len(b.rates)} seed(s)): difference {100 * diff:+.1f} points, noise floor "
             f"(2 SE) ±{100 * noise:.1f}; {verdict}.")
+
+
+def _tied(stats: list[ConfigStats], rate: Callable, se: Callable) -> tuple[ConfigStats, list[ConfigStats]]:
+    """The configuration with the highest rate, and every configuration within 2 SE of the difference of it."""
+    best = max(stats, key=rate)
+    return best, [s for s in stats if abs(rate(best) - rate(s)) <= 2 * math.sqrt(se(best) ** 2 + se(s) ** 2)]
+
+
+def leaders_markdown(stats: dict[str, ConfigStats], groups: list[str]) -> list[str]:
+    """Which configuration is best per task group, which are inside its noise, and which is best per
+    millisecond: the fastest inside the noise of the best, and the success-vs-latency Pareto front."""
+    rows = list(stats.values())
+    lines = ["", "## Best per task group and per millisecond\n",
+             "| group | best (success %) | inside its noise (2 SE of the difference) | fastest inside the noise |",
+             "|---|---|---|---|"]
+    for group in ["all", *groups]:
+        have = [s for s in rows if group == "all" or group in s.per_group]
+        rate = (lambda s: s.mean) if group == "all" else (lambda s, g=group: s.per_group[g])
+        se = (lambda s: s.se) if group == "all" else (lambda s, g=group: s.per_group_se[g])
+        best, tied = _tied(have, rate, se)
+        fastest = min(tied, key=lambda s: s.chunk_ms)
+        lines.append(f"| {group} | {best.config} ({_pct(rate(best))}) | "
+                     f"{', '.join(s.config for s in tied if s is not best) or '-'} | "
+                     f"{fastest.config} ({fastest.chunk_ms:.1f} ms) |")
+    front = [s for s in rows if not any(o.mean > s.mean and o.chunk_ms <= s.chunk_ms for o in rows)]
+    front.sort(key=lambda s: s.chunk_ms)
+    lines += ["", "Pareto front over all tasks (no other configuration is both more successful and at most as "
+              "slow): " + ", ".join(f"{s.config} ({_pct(s.mean)} %, {s.chunk_ms:.1f} ms)" for s in front) + "."]
+    return lines
 
 
 def _pct(x: float | None) -> str:
@@ -282,6 +323,7 @@ def summary_markdown(bench: Bench, stats: dict[str, ConfigStats], missing: list[
                             lambda s: s.per_group)
         lines += _table("Success % per task (mean over training seeds)", list(next(iter(stats.values())).per_task),
                         stats, lambda s: s.per_task)
+        lines += leaders_markdown(stats, groups)
     lines += ["", "Success %: mean over training seeds of the success rate over all episodes. Seed std: sample std "
               "across training seeds. Eval-seed std: sample std across evaluation seeds (episodes pooled over "
               "training seeds). Binomial SE: sqrt(p(1-p)/n) over the pooled episodes. The noise floor of a "

@@ -1,0 +1,56 @@
+"""The sweep summary's statistics (benchmarks/sweep.py) on made-up run records with known answers: the pooled
+and per-group standard errors, the plain-sentence verdicts, and the best-per-group / per-millisecond table."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+from bench_helpers import benchmark
+
+sweep = benchmark("sweep")
+BENCH = SimpleNamespace(groups={"hard": ("a-v3",), "easy": ("b-v3",)})
+
+
+def record(config: str, seed: int, successes: dict[str, int], n: int, ms: float) -> dict:
+    """A run file: n episodes per task, the first successes[task] of them successful."""
+    episodes = [{"task": t, "seed": i % 2, "success": i < k} for t, k in successes.items() for i in range(n)]
+    return {"config": config, "training_seed": seed, "episodes": episodes, "train_seconds": 1.0, "eval_seconds": 1.0,
+            "summary": [{"group": "all", "mean_length": 10.0, "nfe": 1, "chunk_ms_median": ms}]}
+
+
+def stats_of(rows: dict[str, list[dict]]) -> dict:
+    return {c: sweep.config_stats(BENCH, c, recs) for c, recs in rows.items()}
+
+
+def test_standard_errors_pool_episodes_and_count_seed_spread():
+    # catches: the binomial SE over one seed's episodes instead of the pooled ones; the seed spread ignored
+    one = stats_of({"x": [record("x", 0, {"a-v3": 30, "b-v3": 30}, 50, 5.0)]})["x"]
+    assert math.isclose(one.binomial_se, math.sqrt(0.6 * 0.4 / 100)) and one.se == one.binomial_se
+    assert one.per_group == {"hard": 0.6, "easy": 0.6}
+    assert math.isclose(one.per_group_se["hard"], math.sqrt(0.6 * 0.4 / 50))
+    two = stats_of({"x": [record("x", 0, {"a-v3": 50, "b-v3": 50}, 50, 5.0),
+                          record("x", 1, {"a-v3": 0, "b-v3": 0}, 50, 5.0)]})["x"]
+    assert two.mean == 0.5 and math.isclose(two.seed_std, math.sqrt(0.5))
+    assert math.isclose(two.se, math.sqrt(0.5) / math.sqrt(2))  # the seed spread dominates the binomial SE
+
+
+def test_verdicts_and_the_best_per_group_and_per_millisecond():
+    # catches: a tie judged at 1 SE instead of 2; the fastest tied row replaced by the best one; a dominated
+    # row left on the Pareto front; a group's leader taken from the overall rate
+    stats = stats_of({
+        "slow-best": [record("slow-best", 0, {"a-v3": 45, "b-v3": 45}, 50, 20.0)],   # 90 %
+        "fast-close": [record("fast-close", 0, {"a-v3": 48, "b-v3": 37}, 50, 5.0)],  # 85 %: inside the noise
+        "dominated": [record("dominated", 0, {"a-v3": 35, "b-v3": 35}, 50, 30.0)],  # 70 %, and slower
+        "fastest-bad": [record("fastest-bad", 0, {"a-v3": 10, "b-v3": 10}, 50, 1.0)],  # 20 %
+    })
+    inside = sweep.answer(stats, "fast-close", "slow-best", "q?")
+    assert "inside the noise" in inside and "-5.0 points" in inside
+    assert "worse by more than the noise" in sweep.answer(stats, "dominated", "slow-best", "q?")
+    lines = sweep.leaders_markdown(stats, ["hard", "easy"])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
+    assert rows["all"] == "| all | slow-best (90.0) | fast-close | fast-close (5.0 ms) |"
+    assert rows["hard"].startswith("| hard | fast-close (96.0) | slow-best")  # its own leader: 96 % on a-v3
+    front = next(line for line in lines if line.startswith("Pareto"))
+    assert "dominated" not in front
+    assert front.index("fastest-bad") < front.index("fast-close") < front.index("slow-best")
