@@ -1,7 +1,8 @@
 """Real-time chunking, offline: how well each decoder holds a new chunk to the previous chunk's prefix.
 
 Two-mode toy (driftkit.demo.tasks.BimodalChunk, T = 16: the first dim ramps up or down with equal
-probability, the second is nearly deterministic). Per seed every decoder is trained briefly; then for fresh
+probability, the second is nearly deterministic). Per seed every decoder is trained briefly through the trainer
+(driftkit.demo.runner.train_decoder: Adam, lr 2e-3, batch 128, cosine decay); then for fresh
 draws the "previous chunk" is a demonstration drawn for the same condition (so its mode is known), and the
 new chunk is sampled with and without `inpaint=Inpaint(prefix, d, s = 8)` (the soft mask reaches 0 at index 8).
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-import driftkit
+from driftkit.demo.runner import TrainSettings, train_decoder
 from driftkit.demo.tasks import BimodalChunk
 from driftkit.rtc import Inpaint
 
@@ -44,23 +45,6 @@ ROUTES = [  # (decoder, route label, Inpaint options)
     ("residual_drift", "select K'=8 + 10 noise steps", {"noise_steps": 10}),
 ]
 DELAYS = (1, 2, 4)
-
-
-def train(name: str, task, seed: int, steps: int, width: int) -> driftkit.Decoder:
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    dec = driftkit.make_decoder(name, task.cond_dim, task.target_shape, hidden_dim=width, depth=2)
-    dec.fit_normalizer(task.sample(4096, gen).target)
-    opt = torch.optim.Adam(dec.parameters(), 2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        batch = task.sample(128, gen)
-        loss = dec.loss(batch.cond, batch.target).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return dec.eval()
 
 
 def scores(chunk: torch.Tensor, batch, d: int) -> dict:
@@ -84,7 +68,8 @@ def run(args) -> dict:
         decoders = {}
         for name in dict.fromkeys(n for n, _, _ in ROUTES):
             t0 = time.perf_counter()
-            decoders[name] = train(name, task, seed, args.steps, args.width)
+            settings = TrainSettings(steps=args.steps, batch_size=128, lr=2e-3, seed=seed, hidden_dim=args.width)
+            decoders[name] = train_decoder(name, task, settings)
             print(f"seed {seed}: trained {name} in {time.perf_counter() - t0:.1f} s", flush=True)
         batch = task.sample(args.draws, torch.Generator().manual_seed(1000 + seed))
         one = task.sample(1, torch.Generator().manual_seed(2000 + seed))
