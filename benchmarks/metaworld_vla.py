@@ -72,7 +72,7 @@ CONFIGS: dict[str, Run] = {
 }
 MULTI_SEED = ("flow-10", "flow-1", "drift", "drift+keystone8", "residual_flow[regression]",
               "residual_flow[regression]-base")
-ONE_SEED = ("drift-T0", "drift-chunk", "drift-3x", "drift-timestep")
+ONE_SEED = ("drift-T0", "drift-3x", "drift-timestep")
 QUESTIONS = (
     ("drift", "flow-10", "Drift-VLA: does one-step drift match 10-step flow?"),
     ("flow-1", "flow-10", "Does truncating flow to 1 step lose success?"),
