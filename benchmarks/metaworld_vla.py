@@ -67,12 +67,14 @@ CONFIGS: dict[str, Run] = {
     "drift-chunk": Run("drift-chunk", "drift", {"grouping": "chunk"}, note="drift, whole chunk as one group"),
     "drift-3x": Run("drift-3x", "drift", {"grouping": "action_dim"}, train_scale=3,
                     note="drift trained 3x as many steps: is its deficit a training budget?"),
+    "flow-10-3x": Run("flow-3x", "flow", {"steps": 10}, train_scale=3,
+                      note="flow-10 trained 3x as many steps: drift-3x's like-for-like comparison"),
     "drift-timestep": Run("drift-timestep", "drift", {"grouping": "timestep"}, note="drift, one group per step"),
 
 }
 MULTI_SEED = ("flow-10", "flow-1", "drift", "drift+keystone8", "residual_flow[regression]",
               "residual_flow[regression]-base")
-ONE_SEED = ("drift-T0", "drift-3x", "drift-timestep")
+ONE_SEED = ("drift-T0", "drift-3x", "flow-10-3x", "drift-timestep")
 QUESTIONS = (
     ("drift", "flow-10", "Drift-VLA: does one-step drift match 10-step flow?"),
     ("flow-1", "flow-10", "Does truncating flow to 1 step lose success?"),
@@ -82,6 +84,8 @@ QUESTIONS = (
     ("drift-timestep", "drift", "timestep grouping vs action_dim grouping"),
     ("drift-3x", "drift", "Does drift gain from 3x the training steps (same data, same schedule shape)?"),
     ("drift-3x", "flow-10", "Does drift at 3x the training steps reach flow-10 (at 1x)?"),
+    ("drift-3x", "flow-10-3x", "Drift-VLA at 3x the training steps: does one-step drift match 10-step flow?"),
+    ("flow-10-3x", "flow-10", "Does flow-10 gain from 3x the training steps?"),
     ("residual_flow[regression]", "residual_flow[regression]-base",
      "DRIFT-MLP: does residual flow beat its own regression base (same checkpoints)?"),
     ("residual_flow[regression]", "regression", "DRIFT-MLP: does residual flow beat a regression head?"),
