@@ -267,6 +267,10 @@ def _tied(stats: list[ConfigStats], rate: Callable, se: Callable) -> tuple[Confi
     return best, [s for s in stats if abs(rate(best) - rate(s)) <= 2 * math.sqrt(se(best) ** 2 + se(s) ** 2)]
 
 
+def _dominates(a: ConfigStats, b: ConfigStats) -> bool:
+    return a.mean >= b.mean and a.chunk_ms <= b.chunk_ms and (a.mean > b.mean or a.chunk_ms < b.chunk_ms)
+
+
 def leaders_markdown(stats: dict[str, ConfigStats], groups: list[str]) -> list[str]:
     """Which configuration is best per task group, which are inside its noise, and which is best per
     millisecond: the fastest inside the noise of the best, and the success-vs-latency Pareto front."""
@@ -283,10 +287,9 @@ def leaders_markdown(stats: dict[str, ConfigStats], groups: list[str]) -> list[s
         lines.append(f"| {group} | {best.config} ({_pct(rate(best))}) | "
                      f"{', '.join(s.config for s in tied if s is not best) or '-'} | "
                      f"{fastest.config} ({fastest.chunk_ms:.1f} ms) |")
-    front = [s for s in rows if not any(o.mean > s.mean and o.chunk_ms <= s.chunk_ms for o in rows)]
-    front.sort(key=lambda s: s.chunk_ms)
-    lines += ["", "Pareto front over all tasks (no other configuration is both more successful and at most as "
-              "slow): " + ", ".join(f"{s.config} ({_pct(s.mean)} %, {s.chunk_ms:.1f} ms)" for s in front) + "."]
+    front = sorted((s for s in rows if not any(_dominates(o, s) for o in rows)), key=lambda s: s.chunk_ms)
+    lines += ["", "Pareto front over all tasks (no other configuration is at least as successful and at most as "
+              "slow, and better in one): " + ", ".join(f"{s.config} ({_pct(s.mean)} %, {s.chunk_ms:.1f} ms)" for s in front) + "."]
     return lines
 
 

@@ -43,14 +43,15 @@ def test_verdicts_and_the_best_per_group_and_per_millisecond():
         "fast-close": [record("fast-close", 0, {"a-v3": 48, "b-v3": 37}, 50, 5.0)],  # 85 %: inside the noise
         "dominated": [record("dominated", 0, {"a-v3": 35, "b-v3": 35}, 50, 30.0)],  # 70 %, and slower
         "fastest-bad": [record("fastest-bad", 0, {"a-v3": 10, "b-v3": 10}, 50, 1.0)],  # 20 %
+        "tied-slower": [record("tied-slower", 0, {"a-v3": 45, "b-v3": 45}, 50, 25.0)],  # 90 % like slow-best
     })
     inside = sweep.answer(stats, "fast-close", "slow-best", "q?")
     assert "inside the noise" in inside and "-5.0 points" in inside
     assert "worse by more than the noise" in sweep.answer(stats, "dominated", "slow-best", "q?")
     lines = sweep.leaders_markdown(stats, ["hard", "easy"])
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
-    assert rows["all"] == "| all | slow-best (90.0) | fast-close | fast-close (5.0 ms) |"
+    assert rows["all"] == "| all | slow-best (90.0) | fast-close, tied-slower | fast-close (5.0 ms) |"
     assert rows["hard"].startswith("| hard | fast-close (96.0) | slow-best")  # its own leader: 96 % on a-v3
     front = next(line for line in lines if line.startswith("Pareto"))
-    assert "dominated" not in front
+    assert "dominated" not in front and "tied-slower" not in front  # equal success, slower: dominated too
     assert front.index("fastest-bad") < front.index("fast-close") < front.index("slow-best")
