@@ -146,7 +146,7 @@ class _ConstantPolicy:
     def nfe(self, steps=None):
         return 1
 
-    def predict(self, obs_batch, num_samples=1, steps=None, select=None, timer=None):
+    def predict(self, obs_batch, num_samples=1, steps=None, select=None, timer=None, temperature=None):
         self.calls.append(float(obs_batch["observation.state"][0, 0]))
         return torch.ones(1, self.horizon, 4)
 

@@ -236,9 +236,11 @@ def test_one_candidate_gives_the_unguided_chunk(name):
 @pytest.mark.parametrize("name", RTC)
 def test_k_samples_follow_their_own_rows_prefix(name):
     """One observation twice, its two rows held to opposite modes; K = 4 samples each (one-step decoders keep
-    the 4 closest of K' = 64). Every sample must sit nearer its own row's mode than the other row's, over the
-    whole chunk. Mutations caught: the prefix tiled over K (prefix.repeat: half of each row's samples
-    follow the other row's prefix) instead of repeated per row like cond; the one-step gather mixing rows."""
+    the 4 closest of K' = 64). At least 7 of the 8 samples must sit nearer their own row's mode than the other
+    row's, over the whole chunk (one may stray: which one depends on the briefly trained decoder's float
+    rounding, which differs between CPUs). Mutations caught: the prefix tiled over K (prefix.repeat: half of
+    each row's samples follow the other row's prefix, 4 of 8) instead of repeated per row like cond; the
+    one-step gather mixing rows."""
     dec, one = trained(name), draws(1, seed=11)
     cond = one.cond.expand(2, -1)
     prefix = one.modes[0]  # [2, T, D]: row 0 the up ramp, row 1 the down ramp
@@ -247,7 +249,7 @@ def test_k_samples_follow_their_own_rows_prefix(name):
     assert y.shape == (2, 4, T, 2)
     own = (y - prefix[:, None]).square().flatten(2).mean(-1)  # [2, K]
     other = (y - prefix.flip(0)[:, None]).square().flatten(2).mean(-1)
-    assert (own < other).all(), f"{name}: own {own.tolist()}, other {other.tolist()}"
+    assert (own < other).sum() >= 7, f"{name}: own {own.tolist()}, other {other.tolist()}"
 
 
 @pytest.mark.parametrize("name", ["flow", "drift"])

@@ -156,8 +156,10 @@ def test_two_processes_match_one_for_a_vla(data, tmp_path):
         [r["loss"] for r in read_metrics(tmp_path / "one")], abs=1e-5)
     w_two = load_file(str(latest_checkpoint(tmp_path / "two") / "model.safetensors"))
     w_one = load_file(str(one.checkpoint / "model.safetensors"))
-    for key in w_one:
-        torch.testing.assert_close(w_two[key], w_one[key], atol=1e-5, rtol=0, msg=key)
+    for key in w_one:  # 5e-5: float reduction order differs between 1 and 2 processes; Adam's normalised
+        # steps carry that to up to 1.1e-5 on near-zero-gradient biases on some CPUs. Misaligned prompts move
+        # weights by a good part of Adam's lr-sized steps (2e-4 to 6e-4 in this warm-up).
+        torch.testing.assert_close(w_two[key], w_one[key], atol=5e-5, rtol=0, msg=key)
 
 
 def test_bad_input_on_the_vla_path_names_the_value(data, runs, tmp_path):
