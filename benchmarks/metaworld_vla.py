@@ -14,8 +14,9 @@ Task groups, chosen by measurement (the route check runs first and is part of th
 One result file per (configuration, training seed) in benchmarks/results/metaworld-vla/, resumable; the
 machinery is benchmarks/sweep.py, shared with metaworld_mt10.py. Demonstrations and checkpoints live under
 --work-dir (runs/ is git-ignored). Configurations sharing a checkpoint train it once: flow-10 / flow-1, drift /
-drift + KeyStone, residual_flow[regression] / its own base, residual_flow[fast] / FAST alone. The first training
-seed of every configuration runs first (cheapest-to-train first, the drifting ones last), then the extra seeds.
+drift + KeyStone / drift at temperature 0, residual_flow[regression] / its own base, residual_flow[fast] / FAST
+alone. The first training seed of every configuration runs first (cheapest-to-train first, the drifting ones
+last), then the extra seeds. drift-3x and flow-10-3x train 3x the steps (Run.train_scale): drift's budget check.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ CONFIGS: dict[str, Run] = {
     "flow-10-3x": Run("flow-3x", "flow", {"steps": 10}, train_scale=3,
                       note="flow-10 trained 3x as many steps: drift-3x's like-for-like comparison"),
     "drift-timestep": Run("drift-timestep", "drift", {"grouping": "timestep"}, note="drift, one group per step"),
-
 }
 MULTI_SEED = ("flow-10", "flow-1", "drift", "drift+keystone8", "residual_flow[regression]",
               "residual_flow[regression]-base")

@@ -14,7 +14,6 @@ from bench_helpers import benchmark
 pytest.importorskip("metaworld")
 
 
-
 @pytest.fixture(scope="module")
 def vla_bench():
     return benchmark("metaworld_vla")
