@@ -66,9 +66,9 @@ def run(args) -> dict:
     rows: dict[tuple, list[dict]] = {}
     for seed in range(args.seeds):
         decoders = {}
+        settings = TrainSettings(steps=args.steps, batch_size=128, lr=2e-3, seed=seed, hidden_dim=args.width)
         for name in dict.fromkeys(n for n, _, _ in ROUTES):
             t0 = time.perf_counter()
-            settings = TrainSettings(steps=args.steps, batch_size=128, lr=2e-3, seed=seed, hidden_dim=args.width)
             decoders[name] = train_decoder(name, task, settings)
             print(f"seed {seed}: trained {name} in {time.perf_counter() - t0:.1f} s", flush=True)
         batch = task.sample(args.draws, torch.Generator().manual_seed(1000 + seed))
