@@ -82,10 +82,12 @@ def make_config(args, spec: str, seed: int) -> GroundingExperimentConfig:
     if args.backbone:
         sizing["backbone"] = args.backbone
         meta = pretrained_meta(args.backbone)  # None for a preset or a checkpoint without its answers file
-        if meta is not None:  # ask in the pretraining's layout: its image side, its frames tiled with no gap
+        if meta is not None:  # ask in the pretraining's layout: its image side, its frames (tiled with no gap)
             frames = meta.get("num_frames", 16)  # exports before num_frames was recorded used 16
-            sizing.update(image_size=meta["image_size"], num_frames=frames, frame_gap=0,
-                          frame_size=meta["image_size"] // math.ceil(math.sqrt(frames)))
+            layout = meta.get("frame_layout", "grid")
+            side = meta["image_size"] if layout == "frames" else meta["image_size"] // math.ceil(math.sqrt(frames))
+            sizing.update(image_size=meta["image_size"], num_frames=frames, frame_gap=0, frame_size=side,
+                          frame_layout=layout, clip_seconds=meta.get("clip_seconds", 16.0))
     if args.mode:
         sizing["mode"] = args.mode
     if args.kinds:
@@ -189,8 +191,9 @@ def refinement_table(results: list[dict], task: str) -> str:
 
 def write_summary(args, out: Path, results: list[dict], baseline: dict) -> None:
     cfg = results[0]["config"]
-    settings = {k: cfg[k] for k in ("backbone", "mode", "steps", "batch_size", "lr", "train_size", "test_size",
-                                    "cond", "hidden_dim", "depth", "kinds", "image_size", "frame_size", "frame_gap")}
+    settings = {k: cfg.get(k) for k in ("backbone", "mode", "steps", "batch_size", "lr", "train_size", "test_size",
+                                        "cond", "hidden_dim", "depth", "kinds", "image_size", "num_frames",
+                                        "frame_size", "frame_gap", "frame_layout")}
     settings["input_size"] = backbone_input_size(GroundingExperimentConfig(**cfg))
     table = (f"Task: {args.task}; settings: {json.dumps(settings)}; seeds {sorted({r['seed'] for r in results})}.\n"
              f"Percentages; mean ± sample std over training seeds (the data are the same for every seed). "

@@ -19,6 +19,7 @@ Steps (each resumable: rerunning the same command continues where it stopped):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -32,7 +33,7 @@ from common import write_results  # noqa: E402
 from driftkit.grounding.metrics import score_boxes, score_moments  # noqa: E402
 from driftkit.grounding.pretrain import PretrainDataConfig, TextGroundingData, make_pretrain_data  # noqa: E402
 from driftkit.grounding.pretrain_model import (  # noqa: E402
-    ModelSize, checkpoint_size, export_checkpoint, init_checkpoint,
+    ModelSize, checkpoint_size, export_checkpoint, init_checkpoint, processor_side, resized_checkpoint,
 )
 from driftkit.train import train  # noqa: E402
 from driftkit.train.checkpoint import latest_checkpoint  # noqa: E402
@@ -60,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=1024, help="Temporal training clips.")
     p.add_argument("--frames", type=int, default=16, help="Frames per clip, tiled into a ceil(sqrt) grid of one "
                    "image (--image-size must divide by its columns).")
+    p.add_argument("--frame-layout", choices=("grid", "frames"), default="grid", help="grid: a clip's frames tiled "
+                   "into one image; frames: one image per frame, each after its timestamp (a temporal stage: "
+                   "needs --scenes 0).")
     p.add_argument("--describe", type=float, default=0.25, help="Fraction of scenes that also get a description.")
     p.add_argument("--kinds", nargs="+", help="Spatial expression kinds (default: the referring mix).")
     p.add_argument("--test-size", type=int, default=256)
@@ -73,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.scenes, args.clips, args.test_size, args.steps, args.batch_size = 16, 8, 8, 3, 4
+        args.scenes = 0 if args.frame_layout == "frames" else args.scenes
     return args
 
 
@@ -84,7 +89,7 @@ def answer_scores(policy, data: TextGroundingData, task: str, batch_size: int = 
     for lo in range(0, len(data), batch_size):
         items = [data[i] for i in range(lo, min(lo + batch_size, len(data)))]
         obs = {k: (torch.stack([it[k] for it in items]) if k.startswith("observation") else [it[k] for it in items])
-               for k in ("observation.images.frame", "task")}
+               for k in (*data.cameras, "task")}
         batch_texts = policy.generate(obs)
         texts += batch_texts
         preds.append(policy.parse(batch_texts, obs, answer=kind))
@@ -110,15 +115,20 @@ def run(args) -> dict:
     out = Path(args.out or f"runs/grounding-pretrain-{args.name}")
     data_cfg = PretrainDataConfig(family=args.family, image_size=args.image_size, train_scenes=args.scenes,
                                   temporal_clips=args.clips, describe_fraction=args.describe, test_size=args.test_size,
-                                  kinds=args.kinds, num_frames=args.frames)
+                                  kinds=args.kinds, num_frames=args.frames, frame_layout=args.frame_layout)
     size = ModelSize(family=args.family, width=args.width, depth=args.depth, heads=args.heads,
                      kv_heads=max(1, args.heads // 2), mlp=args.mlp, vision_width=args.vision_width,
                      vision_depth=args.vision_depth, vision_heads=max(1, args.vision_width // 32))
     init = args.init or out / "init"
     if args.init is not None:
         size = stage_size(args.init, size)
+        side = data_cfg.input_side
+        if processor_side(args.init) != side:  # its processor would resize every image to its own side
+            init = out / f"init-{side}px"
+            if not (init / "config.json").is_file():
+                resized_checkpoint(args.init, init, side)
     elif not (init / "config.json").is_file():
-        init_checkpoint(init, size, args.image_size)
+        init_checkpoint(init, size, data_cfg.input_side)
     t0 = time.perf_counter()
     train_data, test_data = make_pretrain_data(data_cfg, "train"), make_pretrain_data(data_cfg, "test")
     data_s = time.perf_counter() - t0
@@ -127,6 +137,9 @@ def run(args) -> dict:
         f"lr={args.lr}", f"output_dir={out}", f"schedule.warmup_steps={min(100, args.steps // 10)}",
         "progress=false", "tensorboard=false", f"log_every={1 if args.smoke else 10}",
     ])
+    if data_cfg.image_labels():  # the frames' timestamps go before their images
+        cfg.model = dataclasses.replace(cfg.model, backbone_options={**cfg.model.backbone_options,
+                                                                     "image_labels": data_cfg.image_labels()})
     found = latest_checkpoint(out)
     t0 = time.perf_counter()
     if args.eval_only:
@@ -145,7 +158,7 @@ def run(args) -> dict:
     train_s = time.perf_counter() - t0
     policy.eval()
     tasks = {}
-    for task in ("spatial", "temporal") if args.clips else ("spatial",):
+    for task in [t for t, n in (("spatial", args.scenes), ("temporal", args.clips)) if n]:
         kind = KIND_OF_TASK[task][0]
         held_out = test_data.subset(kind)
         seen = train_data.subset(kind, first=len(held_out))
@@ -154,7 +167,9 @@ def run(args) -> dict:
         tasks[task] = {"test": test, "train": seen_scores, "constant": constant_scores(train_data, held_out, task),
                        "test_by_level": level_scores(held_out, test.pop("predictions"), task)}
     scores = {t: v["test"]["metrics"] for t, v in tasks.items()}
-    export_checkpoint(policy, out / "export", extra={"step": step, "num_frames": args.frames, "scores": scores})
+    export_checkpoint(policy, out / "export", extra={"step": step, "num_frames": args.frames, "scores": scores,
+                                                     "frame_layout": args.frame_layout,
+                                                     "image_labels": list(data_cfg.image_labels())})
     return {"data": data_cfg.to_dict(), "model": size.to_dict(), "steps": step, "batch_size": args.batch_size,
             "lr": args.lr, "train_items": len(train_data), "data_seconds": data_s, "train_seconds": train_s,
             "parameters": sum(p.numel() for p in policy.backbone.model.parameters()), "tasks": tasks,

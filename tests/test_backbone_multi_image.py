@@ -120,3 +120,45 @@ def test_camera_errors_name_the_bad_value():
     bb.prepare([[A, B]], ["go"])  # fits: 2 x (4 + 2) image tokens + 2 text + 3 queries = 17
     with pytest.raises(ValueError, match=r"prompts\[0\] needs .* for 3 image\(s\).* > max_length=20"):
         bb.prepare([[A, B, C]], ["go"])
+
+
+LABELS = ("<0.0 seconds>", "<8.0 seconds>")
+
+
+def labelled(name: str) -> Backbone:
+    return Backbone.from_preset(f"{name}-tiny", num_query_tokens=3, image_labels=LABELS)
+
+
+@pytest.mark.parametrize("name", ["qwen3_vl", "smolvlm"])
+def test_image_labels_go_before_each_image_block(name):
+    """Frames as cameras with their timestamps (Qwen3-VL's video layout): each label's text right before its
+    image's block. Mutations caught: labels after the blocks, one label for all images, labels dropped."""
+    bb = labelled(name)
+    plain = Backbone.from_preset(f"{name}-tiny", num_query_tokens=3)
+    n = int((plain.prepare([A], PROMPTS[:1]).input_ids == plain.special_ids["image"]).sum())
+    text = row_text(bb, bb.prepare([[A, B]], PROMPTS[:1]), 0)
+    block = LAYOUTS[name](n, 1, "").removeprefix("<bos>")
+    head = "<bos>" if name == "smolvlm" else ""
+    assert text == head + LABELS[0] + block + LABELS[1] + block + PROMPTS[0] + "".join(bb.config.query_strings())
+
+
+def test_image_labels_reach_the_model_and_the_cache():
+    """The states depend on the labels (the model reads them), and the cached prefix still matches a full pass
+    (3-D rotary positions counted over the label tokens)."""
+    bb = labelled("qwen3_vl")
+    plain = Backbone.from_preset("qwen3_vl-tiny", num_query_tokens=3)
+    assert (bb.encode([[A, B]], PROMPTS[:1]).query - plain.encode([[A, B]], PROMPTS[:1]).query).abs().max() > 1e-4
+    rows = [[A, B], [C, D]]
+    rep = bb.encode_queries(bb.encode_prefix(rows, PROMPTS), repeats=2)
+    torch.testing.assert_close(rep.query, bb.encode(rows, PROMPTS).query.repeat_interleave(2, 0), atol=1e-5, rtol=0)
+
+
+def test_image_label_errors_name_the_bad_value():
+    bb = labelled("qwen3_vl")
+    with pytest.raises(ValueError, match=r"got 3 image\(s\) per row but 2 image_labels \['<0.0 seconds>'"):
+        bb.prepare([[A, B, C]], PROMPTS[:1])
+    bad = Backbone.from_preset("qwen3_vl-tiny", num_query_tokens=3, image_labels=("<|image_pad|>", "t"))
+    with pytest.raises(ValueError, match=r"image label '<\|image_pad\|>' contains image or query special tokens"):
+        bad.prepare([[A, B]], PROMPTS[:1])
+    with pytest.raises(TypeError, match=r"image_labels=\(0.0, 8.0\); each label must be a string"):
+        Backbone.from_preset("qwen3_vl-tiny", image_labels=(0.0, 8.0))

@@ -175,3 +175,35 @@ def test_a_text_pretrained_checkpoint_is_asked_its_own_questions(tmp_path):
         GroundingExperimentConfig(backbone=str(exported), input_size=56)
     with pytest.raises(ValueError, match=r"backbone='/no/such/dir': neither a preset"):
         GroundingExperimentConfig(backbone="/no/such/dir")
+
+
+def test_frames_layout_trains_on_one_camera_per_frame_after_its_timestamp(tmp_path):
+    """frame_layout="frames": each frame is a camera (actions.frame_cameras) of the frame's side, and the
+    backbone puts each frame's timestamp before it. Mutations caught: the grid image still given; frames
+    shuffled against their cameras; timestamps missing from the policy's backbone; the grid's side used."""
+    from driftkit.grounding.actions import GroundingActions, frame_cameras, frame_labels, image_tensor, observations
+    from driftkit.policy import load_policy
+
+    cfg = GroundingExperimentConfig(task="temporal", frame_layout="frames", num_frames=6, frame_size=32,
+                                    backbone="qwen3_vl-tiny", **{**TINY, "latency_repeats": 0})
+    assert cfg.cameras() == tuple(frame_cameras(6)) and backbone_input_size(cfg) == 32
+    assert cfg.backbone_options() == {"image_labels": ("<0.0 seconds>", "<2.7 seconds>", "<5.3 seconds>",
+                                                       "<8.0 seconds>", "<10.7 seconds>", "<13.3 seconds>")}
+    train, test = build_datasets(cfg)
+    item, raw = GroundingActions(train, frames=True)[0], train[0]
+    for cam, frame in zip(frame_cameras(6), raw["frames"], strict=True):
+        assert item[cam].shape == (3, 32, 32)
+        assert torch.equal(item[cam], image_tensor(frame))
+    obs = observations([test[0], test[1]], frame_cameras(6))
+    assert obs[frame_cameras(6)[5]].shape == (2, 3, 32, 32) and len(obs["task"]) == 2
+    with pytest.raises(ValueError, match=r"for an item with 6 frames; use \['observation.images.frame'\]"):
+        observations([test[0]], frame_cameras(9))
+    results = run_experiment(cfg, tmp_path)
+    policy = load_policy(results["train"]["checkpoint"])
+    assert policy.config.cameras == tuple(frame_cameras(6))
+    assert policy.backbone.config.image_labels == frame_labels(6, 16.0)
+    assert results["evaluations"][0]["scores"]["num_examples"] == TINY["test_size"]
+    grid = GroundingExperimentConfig(task="temporal", num_frames=6, frame_size=32)
+    assert grid.cameras() == ("observation.images.frame",) and grid.backbone_options() == {}
+    with pytest.raises(ValueError, match=r"frame_layout='tiles'"):
+        GroundingExperimentConfig(task="temporal", frame_layout="tiles")

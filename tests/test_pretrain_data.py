@@ -55,3 +55,39 @@ def test_bad_configs_name_the_value():
         make_pretrain_data(PretrainDataConfig(**CFG), "val")
     with pytest.raises(ValueError, match=r"no items of kind 'interval', level 'colour'"):
         make_pretrain_data(PretrainDataConfig(**CFG), "test").subset("interval", level="colour")
+
+
+FRAMES = dict(family="qwen3_vl", image_size=96, num_frames=9, train_scenes=0, temporal_clips=3, test_size=2)
+
+
+def test_frames_layout_gives_each_grid_cell_as_a_camera_after_its_timestamp():
+    """The "frames" layout holds the same pixels as the grid, cell k = camera frame_k, and its image_labels are
+    the frames' start times. Mutations caught: frames out of order, a frame side other than the grid cell's,
+    timestamps of frame ends or in fractions, a mixed dataset reporting one camera set."""
+    from driftkit.grounding.actions import frame_cameras
+
+    frames = make_pretrain_data(PretrainDataConfig(**FRAMES, frame_layout="frames"), "train")
+    grid = make_pretrain_data(PretrainDataConfig(**FRAMES), "train")
+    assert frames.cameras == frame_cameras(9) and grid.cameras == ["observation.images.frame"]
+    assert frames.answers == grid.answers and frames.questions == grid.questions
+    item, tiled = frames[1], grid[1]["observation.images.frame"]  # [3, 96, 96]: a 3 x 3 grid of 32 px
+    for k, cam in enumerate(frame_cameras(9)):
+        r, c = divmod(k, 3)
+        torch.testing.assert_close(item[cam], tiled[:, 32 * r:32 * (r + 1), 32 * c:32 * (c + 1)], rtol=0, atol=0)
+    cfg = PretrainDataConfig(**FRAMES, frame_layout="frames")
+    assert cfg.input_side == 32 and PretrainDataConfig(**FRAMES).input_side == 96
+    assert cfg.image_labels()[:3] == ("<0.0 seconds>", "<1.8 seconds>", "<3.6 seconds>")
+    assert len(cfg.image_labels()) == 9 and PretrainDataConfig(**FRAMES).image_labels() == ()
+    test = make_pretrain_data(cfg, "test")  # spatial scenes (1 image) and clips (9) together
+    with pytest.raises(ValueError, match=r"items hold \[1, 9\] images each.*subset\(kind\)"):
+        test.cameras
+    assert test.subset("interval").cameras == frame_cameras(9) and len(test.subset("box").cameras) == 1
+
+
+def test_frames_layout_refuses_to_mix_scenes_and_clips_in_training():
+    with pytest.raises(ValueError, match=r"frame_layout='frames' with train_scenes=4 and temporal_clips=3"):
+        PretrainDataConfig(**{**FRAMES, "train_scenes": 4}, frame_layout="frames")
+    with pytest.raises(ValueError, match=r"frame_layout='video'"):
+        PretrainDataConfig(**FRAMES, frame_layout="video")
+    with pytest.raises(ValueError, match=r"temporal_clips=0"):
+        PretrainDataConfig(**{**FRAMES, "temporal_clips": 0})  # nothing to train on

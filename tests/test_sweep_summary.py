@@ -55,3 +55,28 @@ def test_verdicts_and_the_best_per_group_and_per_millisecond():
     front = next(line for line in lines if line.startswith("Pareto"))
     assert "dominated" not in front and "tied-slower" not in front  # equal success, slower: dominated too
     assert front.index("fastest-bad") < front.index("fast-close") < front.index("slow-best")
+
+
+def test_a_finished_run_is_reused_and_a_short_one_resumes(monkeypatch, tmp_path):
+    """train_checkpoint counts a run as finished at its own steps (train_scale x --train-steps). Mutations
+    caught: comparing with --train-steps, so a finished 3x run would resume (and refuse: nothing to train) on
+    every rerun, or a 1x checkpoint of a 3x run would be taken as finished."""
+    import driftkit.train.checkpoint as ckpt
+    import driftkit.train.config as config
+    import driftkit.train.trainer as trainer
+
+    at = {"step": 0}
+    calls = []
+    monkeypatch.setattr(ckpt, "latest_checkpoint", lambda out: tmp_path / "step")
+    monkeypatch.setattr(ckpt, "read_trainer_state", lambda found: SimpleNamespace(step=at["step"]))
+    monkeypatch.setattr(config, "make_config", lambda preset, sets: sets)
+    monkeypatch.setattr(trainer, "train", lambda sets: calls.append(sets) or SimpleNamespace(checkpoint="new"))
+    bench = SimpleNamespace(train_sets=lambda *a: ["steps=6000"], preset="p")
+    args = SimpleNamespace(work_dir=str(tmp_path), train_steps=2000)
+    long = sweep.Run("x-3x", "drift", train_scale=3)
+    at["step"] = 6000
+    assert sweep.train_checkpoint(bench, args, long, 0, tmp_path)[:2] == (tmp_path / "step", 0.0) and not calls
+    at["step"] = 2000
+    assert sweep.train_checkpoint(bench, args, long, 0, tmp_path)[0] == "new"
+    assert calls == [["steps=6000", "resume=latest"]]
+    assert sweep.train_checkpoint(bench, args, sweep.Run("x", "drift"), 0, tmp_path)[1] == 0.0  # 2000 of 2000

@@ -13,7 +13,7 @@ from driftkit.backbones import Backbone
 from driftkit.grounding.actions import CAMERA
 from driftkit.grounding.pretrain import TextGroundingData
 from driftkit.grounding.pretrain_model import (
-    ModelSize, checkpoint_size, export_checkpoint, init_checkpoint, pretrained_meta,
+    ModelSize, checkpoint_size, export_checkpoint, init_checkpoint, pretrained_meta, processor_side, resized_checkpoint,
 )
 from driftkit.grounding.text_answers import text_answers
 from driftkit.policy import TextPolicy, TextPolicyConfig, load_policy
@@ -115,6 +115,25 @@ def test_export_loads_like_a_downloaded_checkpoint(trained, tmp_path):
     assert not torch.isnan(parsed).any()
     # a second pretraining stage (grounding_pretrain.py --init) reads the sizes back from the export
     assert checkpoint_size(tmp_path / "bf16") == SIZE
+
+
+def test_a_resized_checkpoint_sees_images_at_the_new_side(tmp_path):
+    """A Qwen processor resizes every image to its fixed pixel budget, so a stage at another side needs the
+    budget changed (resized_checkpoint). Mutations caught: the budget left as it was (a 112-px image still
+    becomes 56 px: 2 x 2 merged tokens), the weights altered, the source overwritten."""
+    init = init_checkpoint(tmp_path / "init", SIZE, image_size=SIDE)
+    assert processor_side(init) == SIDE
+    image = [torch.rand(3, 2 * SIDE, 2 * SIDE)]
+    before = Backbone.from_pretrained(str(init)).prepare(image, ["x"]).vision["image_grid_thw"].tolist()
+    big = resized_checkpoint(init, tmp_path / "big", 2 * SIDE)
+    assert processor_side(big) == 2 * SIDE and processor_side(init) == SIDE
+    bb = Backbone.from_pretrained(str(big))
+    assert bb.image_size == 2 * SIDE and bb.prepare(image, ["x"]).vision["image_grid_thw"].tolist() == [[1, 8, 8]]
+    assert before == [[1, 4, 4]]
+    assert (big / "model.safetensors").read_bytes() == (init / "model.safetensors").read_bytes()
+    (big / "preprocessor_config.json").write_text('{"size": {"shortest_edge": 100, "longest_edge": 900}}')
+    with pytest.raises(ValueError, match=r"is not one fixed pixel budget"):
+        processor_side(big)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])

@@ -241,7 +241,8 @@ class Backbone(nn.Module):
         vision = self._vision(rows, names)
         n = len(rows[0])
         counts = self.family.image_token_counts(self.model.config, vision, len(rows) * n)  # [B * N], row-major
-        tokens = [self._row_tokens(i, p, counts[i * n:(i + 1) * n]) for i, p in enumerate(prompts)]
+        labels = self._label_ids(n)
+        tokens = [self._row_tokens(i, p, counts[i * n:(i + 1) * n], labels) for i, p in enumerate(prompts)]
         return self._pad(tokens, vision)
 
     def _vision(self, rows: list[list], names: list[list[str]]) -> dict:
@@ -255,13 +256,14 @@ class Backbone(nn.Module):
                    for row in pairs]
         return self.pixel_pipeline(tensors)
 
-    def _row_tokens(self, i: int, prompt: str, counts: list[int]) -> list[int]:
-        """Prefix ids of row i: its images' blocks (counts[j] placeholders for camera j) and the prompt."""
+    def _row_tokens(self, i: int, prompt: str, counts: list[int], labels: list[list[int]] | None) -> list[int]:
+        """Prefix ids of row i: its images' blocks (counts[j] placeholders for camera j, after the ids labels[j]
+        of its label) and the prompt."""
         text = self.config.prompt_format.replace("{prompt}", prompt) + self.family.prompt_suffix
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if (set(self.special_ids.values()) | set(self.query_ids)).intersection(ids):
             raise ValueError(f"prompts[{i}] contains image or query special tokens; pass plain text: {prompt!r}")
-        row = self.family.row_tokens(self.special_ids, counts, self.tokenizer.bos_token_id, ids)
+        row = self.family.row_tokens(self.special_ids, counts, self.tokenizer.bos_token_id, ids, labels)
         q, n = self.num_query_tokens, sum(counts)
         if len(row) + q > self.config.max_length:
             raise ValueError(
@@ -270,6 +272,21 @@ class Backbone(nn.Module):
                 "prompt, use fewer or smaller images, or raise max_length"
             )
         return row
+
+    def _label_ids(self, num_images: int) -> list[list[int]] | None:
+        """Token ids of config.image_labels (None when there are none), checked against the row's images."""
+        labels = self.config.image_labels
+        if not labels:
+            return None
+        if len(labels) != num_images:
+            raise ValueError(f"got {num_images} image(s) per row but {len(labels)} image_labels "
+                             f"{list(labels[:3])}...; give one label per camera")
+        ids = [self.tokenizer(t, add_special_tokens=False).input_ids for t in labels]
+        bad = next((t for t, i in zip(labels, ids) if (set(self.special_ids.values()) | set(self.query_ids))
+                    .intersection(i)), None)
+        if bad is not None:
+            raise ValueError(f"image label {bad!r} contains image or query special tokens; pass plain text")
+        return ids
 
     def _pad(self, rows: list[list[int]], vision: dict) -> PrefixInputs:
         b, l, q = len(rows), max(len(r) for r in rows), self.num_query_tokens

@@ -66,6 +66,10 @@ class BackboneConfig:
     batch_buckets: tuple[int, ...] = ()
     """Static shapes: pad a batch of B rows to the smallest bucket >= B by repeating its last row (the outputs
     are sliced back to B); () = no batch padding. A batch larger than every bucket is an error."""
+    image_labels: tuple[str, ...] = ()
+    """Text placed before each camera's image block, one per camera in camera order: the frames of a clip
+    given as cameras with their timestamps, as Qwen3-VL writes "<1.8 seconds>" before each video frame;
+    () = image blocks with nothing between them. Rows must then have exactly len(image_labels) images."""
 
     def __post_init__(self):
         check_positive("num_query_tokens", self.num_query_tokens)
@@ -88,6 +92,9 @@ class BackboneConfig:
         self.batch_buckets = tuple(sorted(int(b) for b in self.batch_buckets))
         if any(b < 1 for b in self.batch_buckets):
             raise ValueError(f"got batch_buckets={self.batch_buckets}, every bucket must be >= 1")
+        self.image_labels = tuple(self.image_labels)
+        if not all(isinstance(t, str) for t in self.image_labels):
+            raise TypeError(f"got image_labels={self.image_labels!r}; each label must be a string")
         if "{prompt}" not in self.prompt_format:
             raise ValueError(f"got prompt_format={self.prompt_format!r}; it must contain '{{prompt}}'")
 

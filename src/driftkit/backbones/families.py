@@ -95,10 +95,12 @@ class Family:
         head = [ids[role] for role in self.block_head]
         return head + [ids["image"]] * n + [ids[role] for role in self.block_tail]
 
-    def row_tokens(self, ids: dict[str, int], counts: list[int], bos: int | None, text: list[int]) -> list[int]:
-        """One row's prefix: the image blocks in camera order (counts[j] placeholders for image j), BOS where
-        the family puts it, then the prompt's ids."""
-        blocks = [t for n in counts for t in self.image_block(ids, n)]
+    def row_tokens(self, ids: dict[str, int], counts: list[int], bos: int | None, text: list[int],
+                   labels: list[list[int]] | None = None) -> list[int]:
+        """One row's prefix: the image blocks in camera order (counts[j] placeholders for image j), each after
+        its label's ids labels[j] when labels are given, BOS where the family puts it, then the prompt's ids."""
+        labels = labels or [[] for _ in counts]
+        blocks = [t for n, label in zip(counts, labels, strict=True) for t in label + self.image_block(ids, n)]
         first = [bos] if bos is not None and self.bos == "first" else []
         after = [bos] if bos is not None and self.bos == "after_images" else []
         return first + blocks + after + text

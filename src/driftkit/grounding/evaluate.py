@@ -48,7 +48,7 @@ def eval_variants(policy, spec: str) -> list[EvalVariant]:
 @torch.no_grad()
 def predict(policy, items: list[dict], variant: EvalVariant, generator=None) -> Tensor:
     """One prediction per query, [B, D] in target units (before clipping)."""
-    obs = observations(items)
+    obs = observations(items, policy.config.cameras)
     if not variant.base_only:
         return policy.sample(obs, num_samples=1, generator=generator, temperature=variant.temperature)[:, 0, 0]
     dec, c = policy.decoder, policy.encode(obs)

@@ -31,6 +31,7 @@ from driftkit.errors import check_choice, check_positive
 from driftkit.grounding.evaluate import POSTPROCESS, eval_variants, evaluate
 
 TASKS = ("spatial", "temporal")
+FRAME_LAYOUTS = ("grid", "frames")
 TARGET_SHAPES = {"spatial": (1, 4), "temporal": (1, 2)}
 DECODER_SPECS = ("regression", "lm_tokens", "flow", "residual_flow[regression]", "residual_flow[lm_tokens]",
                  "residual_drift")
@@ -114,10 +115,15 @@ class GroundingExperimentConfig:
     max_objects: int | None = None
     """Most objects per image or clip; None = the generator's default (spatial 6, temporal 4)."""
     num_frames: int = 16
-    """Temporal clips' frames, all tiled into one grid image."""
+    """Temporal clips' frames."""
     frame_size: int = 32
     frame_gap: int = 2
     """Pixels between the frames of the grid image."""
+    frame_layout: str = "grid"
+    """How a clip reaches the VLM: "grid" (its frames tiled into one image) or "frames" (one image per frame,
+    each after its timestamp, actions.frame_labels, as Qwen3-VL reads video)."""
+    clip_seconds: float = 16.0
+    """Seconds a clip spans: the timestamps' unit in the "frames" layout."""
     input_size: int | None = None
     """Backbone input side in pixels (Backbone image_size); None = the generated image's side (the spatial
     image, or the temporal frame grid) rounded down to the backbone family's patch multiple."""
@@ -142,6 +148,8 @@ class GroundingExperimentConfig:
         check_choice("cond", self.cond, COND_KINDS)
         check_choice("mode", self.mode, ("frozen", "lora", "full"))
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("frame_layout", self.frame_layout, FRAME_LAYOUTS)
+        check_positive("clip_seconds", self.clip_seconds)
         for name in ("num_query_tokens", "hidden_dim", "depth", "steps", "batch_size", "lr", "train_size",
                      "test_size", "eval_batch_size", "log_every"):
             check_positive(name, getattr(self, name))
@@ -164,6 +172,22 @@ class GroundingExperimentConfig:
         from driftkit.backbones import list_presets
 
         return self.backbone in list_presets()
+
+    @property
+    def frames_as_images(self) -> bool:
+        return self.task == "temporal" and self.frame_layout == "frames"
+
+    def cameras(self) -> tuple[str, ...]:
+        """The policy's camera names: the one image, or one per frame."""
+        from driftkit.grounding.actions import CAMERA, frame_cameras
+
+        return tuple(frame_cameras(self.num_frames)) if self.frames_as_images else (CAMERA,)
+
+    def backbone_options(self) -> dict:
+        """Backbone options the layout needs: the frames' timestamps in the "frames" layout."""
+        from driftkit.grounding.actions import frame_labels
+
+        return {"image_labels": frame_labels(self.num_frames, self.clip_seconds)} if self.frames_as_images else {}
 
     def prompt(self) -> str:
         """The prompt template of the task's dataset (see prompt_template)."""
@@ -199,9 +223,12 @@ def build_datasets(cfg: GroundingExperimentConfig):
 
 
 def generated_side(cfg: GroundingExperimentConfig) -> int:
-    """Side in pixels of the image the backbone is given: the spatial image, or the square grid of frames."""
+    """Side in pixels of the image the backbone is given: the spatial image, one frame, or the square grid of
+    frames."""
     if cfg.task == "spatial":
         return cfg.image_size
+    if cfg.frames_as_images:
+        return cfg.frame_size
     cols = math.ceil(math.sqrt(cfg.num_frames))
     return cols * cfg.frame_size + (cols - 1) * cfg.frame_gap
 
@@ -229,7 +256,8 @@ def train_config(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike):
     model = VLMPolicyConfig(
         state_dim=0, horizon=horizon, action_dim=dim, backbone=cfg.backbone, mode=cfg.mode,
         num_query_tokens=cfg.num_query_tokens, cond=cfg.cond, image_size=backbone_input_size(cfg),
-        decoder=spec.name, backbone_options={"seed": cfg.seed} if cfg.is_preset else {},
+        decoder=spec.name, cameras=cfg.cameras(),
+        backbone_options={**({"seed": cfg.seed} if cfg.is_preset else {}), **cfg.backbone_options()},
         decoder_options={"net": "expert", "hidden_dim": cfg.hidden_dim, "depth": cfg.depth, **spec.options,
                          **cfg.decoder_options},
     )
@@ -254,7 +282,7 @@ def run_experiment(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike, d
     start = time.perf_counter()
     train_data, test = datasets if datasets is not None else build_datasets(cfg)
     data_seconds = time.perf_counter() - start
-    run = _train_or_resume(train_config(cfg, out), GroundingActions(train_data))
+    run = _train_or_resume(train_config(cfg, out), GroundingActions(train_data, frames=cfg.frames_as_images))
     policy = run.policy.eval()
     seconds = time.perf_counter() - start - data_seconds
     training = {"steps": run.step, "seconds": seconds, "final_loss": run.last_loss, "data_seconds": data_seconds,
@@ -283,7 +311,6 @@ def run_text_answers(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike,
     """DRIFT's "Qwen-VL" row: the checkpoint's own greedy text answers on the test split, parsed with its
     family's convention (unparsable ones score IoU 0); no training. None for a preset or a checkpoint that
     records no question templates. Written to <out_dir>/results.json like run_experiment's."""
-    from driftkit.grounding.actions import CAMERA
     from driftkit.grounding.evaluate import EvalVariant
     from driftkit.grounding.pretrain_model import pretrained_meta
     from driftkit.policy import TextPolicy, TextPolicyConfig
@@ -294,8 +321,9 @@ def run_text_answers(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike,
     start = time.perf_counter()
     _, test = datasets if datasets is not None else build_datasets(cfg)
     device = resolve_device(cfg.device)
-    policy = TextPolicy(TextPolicyConfig(backbone=cfg.backbone, mode="frozen", cameras=(CAMERA,),
+    policy = TextPolicy(TextPolicyConfig(backbone=cfg.backbone, mode="frozen", cameras=cfg.cameras(),
                                          answer="box" if cfg.task == "spatial" else "interval",
+                                         backbone_options=cfg.backbone_options(),
                                          clip_seconds=meta.get("clip_seconds", 16.0))).to(device).eval()
     ev = evaluate(policy, test, cfg.task, EvalVariant(TEXT_LABEL), cfg.seed, cfg.eval_batch_size, cfg.latency_repeats)
     results = {"task": cfg.task, "decoder": "text", "seed": cfg.seed, "config": cfg.to_dict(), "train": None,

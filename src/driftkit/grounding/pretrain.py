@@ -8,7 +8,8 @@
 The mix, per spatial scene: a referring question ("Locate the small red circle.") answered with the box in
 the family's convention (grounding.text_answers), and with probability describe_fraction a second item on the
 same image, "Describe the image." answered with its objects from left to right; plus temporal clips (frames
-tiled into one image of the same side) asked "when does the red circle move?" and answered "from 4.0 to 6.0
+tiled into one image of the same side, or with frame_layout="frames" given as one image per frame, each after its
+timestamp as Qwen3-VL reads video) asked "when does the red circle move?" and answered "from 4.0 to 6.0
 seconds". Every item is a pure function of (cfg, split, index), so the same cfg gives the same data.
 """
 
@@ -22,8 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from driftkit.errors import check_positive
-from driftkit.grounding.actions import CAMERA, image_tensor
+from driftkit.errors import check_choice, check_positive
+from driftkit.grounding.actions import CAMERA, frame_cameras, frame_labels, image_tensor
 from driftkit.grounding.synthetic import (
     SpatialGroundingConfig, TemporalGroundingConfig, frame_grid, make_spatial_example, make_temporal_example,
     sample_frame_indices,
@@ -34,6 +35,7 @@ from driftkit.policy.keys import TASK_KEY
 from driftkit.policy.text import ANSWER_KEY
 
 TASKS = ("spatial", "temporal")
+FRAME_LAYOUTS = ("grid", "frames")
 
 
 @dataclass
@@ -58,14 +60,23 @@ class PretrainDataConfig:
     """Frames per clip, tiled into a ceil(sqrt) grid with no gap; image_size must divide by the columns."""
     clip_seconds: float = 16.0
     """Seconds a clip spans (the answers' time unit)."""
+    frame_layout: str = "grid"
+    """"grid": a clip's frames tiled into one image_size image; "frames": each frame (image_size / columns
+    pixels, the grid's cells) a camera of its own after its timestamp (image_labels). Items of one batch
+    need the same number of images, so "frames" trains on clips only (train_scenes = 0)."""
     seed: int = 0
     """Data seed of both benchmarks."""
 
     def __post_init__(self):
         text_answers(self.family)  # the family must have a convention
         check_int("image_size", self.image_size, 32)
-        check_int("train_scenes", self.train_scenes, 1)
-        check_int("temporal_clips", self.temporal_clips, 0)
+        check_choice("frame_layout", self.frame_layout, FRAME_LAYOUTS)
+        check_int("train_scenes", self.train_scenes, 0)
+        check_int("temporal_clips", self.temporal_clips, 0 if self.train_scenes else 1)
+        if self.frame_layout == "frames" and self.train_scenes and self.temporal_clips:
+            raise ValueError(f"got frame_layout='frames' with train_scenes={self.train_scenes} and temporal_clips="
+                             f"{self.temporal_clips}: a batch cannot mix one-image scenes and {self.num_frames}-image "
+                             "clips; set train_scenes=0 (a temporal stage) or use the 'grid' layout")
         check_int("test_size", self.test_size, 1)
         check_int("num_frames", self.num_frames, 4)
         if not 0 <= self.describe_fraction <= 1:
@@ -78,6 +89,15 @@ class PretrainDataConfig:
             self.kinds = tuple(self.kinds)
         self.spatial_config()
         self.temporal_config()
+
+    def image_labels(self) -> tuple[str, ...]:
+        """The backbone's image_labels for the clips: their frames' timestamps ("frames"), or none ("grid")."""
+        return frame_labels(self.num_frames, self.clip_seconds) if self.frame_layout == "frames" else ()
+
+    @property
+    def input_side(self) -> int:
+        """Side of the images the VLM is given: image_size, or one frame's in the "frames" layout."""
+        return self.image_size // self.grid_cols if self.frame_layout == "frames" else self.image_size
 
     @property
     def grid_cols(self) -> int:
@@ -98,12 +118,11 @@ class PretrainDataConfig:
 
 
 class TextGroundingData(Dataset):
-    """Items {observation.images.frame: [3, S, S] float in [0, 1], task: question, answer: text}; images are
-    held as uint8 [3, S, S] (a quarter of the memory of floats). `kinds[i]` says what item i asks, `levels[i]`
+    """Items {observation.images.frame: [3, S, S] float in [0, 1], task: question, answer: text}, or for clips in
+    the "frames" layout one camera per frame (actions.frame_cameras); images[i] is uint8 [3, S, S] or [N, 3, S, S]
+    (a quarter of the memory of floats), N = 1 or the frames. `kinds[i]` says what item i asks, `levels[i]`
     which expression or query kind of the benchmark it is ("colour", "single", "move", ...; None for
     descriptions)."""
-
-    cameras = [CAMERA]
 
     def __init__(self, images: list[Tensor], questions: list[str], answers: list[str], kinds: list[str],
                  truth: list[tuple[float, ...] | None], levels: list[str | None] | None = None):
@@ -112,14 +131,25 @@ class TextGroundingData(Dataset):
             raise ValueError(f"got {len(images)} images, {len(questions)} questions, {len(answers)} answers, "
                              f"{len(kinds)} kinds, {len(truth)} targets, {len(levels)} levels; need the same number, "
                              "at least one")
+        images = [im if im.dim() == 4 else im[None] for im in images]  # [3, S, S] -> [1, 3, S, S]
         self.images, self.questions, self.answers, self.kinds, self.truth = images, questions, answers, kinds, truth
         self.levels = levels
 
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def cameras(self) -> list[str]:
+        counts = sorted({int(im.shape[0]) for im in self.images})
+        if len(counts) > 1:
+            raise ValueError(f"items hold {counts} images each; one dataset's cameras need the same number: take "
+                             "subset(kind) first")
+        return [CAMERA] if counts[0] == 1 else frame_cameras(counts[0])
+
     def __getitem__(self, i: int) -> dict:
-        return {CAMERA: self.images[i].float() / 255.0, TASK_KEY: self.questions[i], ANSWER_KEY: self.answers[i]}
+        images = self.images[i].float() / 255.0
+        cams = [CAMERA] if len(images) == 1 else frame_cameras(len(images))
+        return {**dict(zip(cams, images)), TASK_KEY: self.questions[i], ANSWER_KEY: self.answers[i]}
 
     def subset(self, kind: str | None = None, level: str | None = None, first: int | None = None
                ) -> "TextGroundingData":
@@ -137,8 +167,8 @@ class TextGroundingData(Dataset):
         return torch.tensor([[t] for t in self.truth], dtype=torch.float32)
 
 
-def _uint8(image) -> Tensor:  # PIL -> [3, H, W] uint8
-    return (image_tensor(image) * 255).round().to(torch.uint8)
+def _uint8(*images) -> Tensor:  # N PIL images -> [N, 3, H, W] uint8
+    return torch.stack([(image_tensor(im) * 255).round().to(torch.uint8) for im in images])
 
 
 def make_pretrain_data(cfg: PretrainDataConfig, split: str) -> TextGroundingData:
@@ -168,7 +198,7 @@ def make_pretrain_data(cfg: PretrainDataConfig, split: str) -> TextGroundingData
     for i in range(clips):
         ex = make_temporal_example(temporal, split, i)
         frames = [ex.frames[k] for k in sample_frame_indices(len(ex.frames), cfg.num_frames)]
-        grid = _uint8(frame_grid(frames, cfg.grid_cols, gap=0))
-        add(grid, QUESTIONS["interval"].format(query=ex.query), answers.interval(ex.interval, cfg.clip_seconds),
+        clip = _uint8(*frames) if cfg.frame_layout == "frames" else _uint8(frame_grid(frames, cfg.grid_cols, gap=0))
+        add(clip, QUESTIONS["interval"].format(query=ex.query), answers.interval(ex.interval, cfg.clip_seconds),
             "interval", ex.interval, ex.kind)
     return TextGroundingData(images, questions, texts, kinds, truth, levels)

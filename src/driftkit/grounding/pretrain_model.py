@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,6 +119,33 @@ def checkpoint_size(path: str | os.PathLike) -> ModelSize:
                      heads=text["num_attention_heads"], kv_heads=text["num_key_value_heads"],
                      mlp=text["intermediate_size"], vision_width=vision[VISION_FIELDS[family][0]],
                      vision_depth=vision["depth"], vision_heads=vision["num_heads"])
+
+
+def processor_side(path: str | os.PathLike) -> int:
+    """The fixed input side of a checkpoint's Qwen image processor (its min = max pixel budget, side**2)."""
+    file = Path(path) / "preprocessor_config.json"
+    size = json.loads(file.read_text()).get("size", {}) if file.is_file() else {}
+    pixels = size.get("shortest_edge")
+    if not pixels or pixels != size.get("longest_edge"):
+        raise ValueError(f"{file}: size={size!r} is not one fixed pixel budget (shortest_edge = longest_edge)")
+    return math.isqrt(int(pixels))
+
+
+def resized_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, image_size: int) -> Path:
+    """A copy of checkpoint `src` at `dst` (atomically) whose image processor takes image_size-pixel squares:
+    a Qwen processor resizes every image to its pixel budget, so a stage on images of another side needs
+    the budget changed, or it trains on the old side without saying so. The weights are unchanged (the
+    vision position embedding is interpolated to the new grid)."""
+    import shutil
+
+    processor_side(src)  # a fixed budget to change
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        file = tmp / "preprocessor_config.json"
+        config = json.loads(file.read_text())
+        config["size"] = {"shortest_edge": image_size**2, "longest_edge": image_size**2}
+        file.write_text(json.dumps(config, indent=2))
+    return Path(dst)
 
 
 def init_checkpoint(path: str | os.PathLike, size: ModelSize, image_size: int, seed: int = 0) -> Path:
