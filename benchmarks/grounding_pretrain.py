@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
+from driftkit.grounding.actions import FRAME_LAYOUTS  # noqa: E402
 from driftkit.grounding.metrics import score_boxes, score_moments  # noqa: E402
 from driftkit.grounding.pretrain import PretrainDataConfig, TextGroundingData, make_pretrain_data  # noqa: E402
 from driftkit.grounding.pretrain_model import (  # noqa: E402
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=1024, help="Temporal training clips.")
     p.add_argument("--frames", type=int, default=16, help="Frames per clip, tiled into a ceil(sqrt) grid of one "
                    "image (--image-size must divide by its columns).")
-    p.add_argument("--frame-layout", choices=("grid", "frames"), default="grid", help="grid: a clip's frames tiled "
+    p.add_argument("--frame-layout", choices=FRAME_LAYOUTS, default="grid", help="grid: a clip's frames tiled "
                    "into one image; frames: one image per frame, each after its timestamp (a temporal stage: "
                    "needs --scenes 0).")
     p.add_argument("--describe", type=float, default=0.25, help="Fraction of scenes that also get a description.")

@@ -23,6 +23,8 @@ from driftkit.normalize import NormStats
 from driftkit.policy.keys import ACTION_KEY, ACTION_PAD_KEY, IMAGES_PREFIX, TASK_KEY
 
 CAMERA = IMAGES_PREFIX + "frame"
+FRAME_LAYOUTS = ("grid", "frames")
+"""How a clip reaches the VLM: one image of its frames tiled, or one camera per frame after its timestamp."""
 TIMESTAMP_FORMAT = "<{t:.1f} seconds>"
 """Qwen3-VL's text timestamp before each video frame."""
 

@@ -28,10 +28,10 @@ from torch import Tensor
 from driftkit.atomic import write_text_atomic
 from driftkit.devices import resolve_device
 from driftkit.errors import check_choice, check_positive
+from driftkit.grounding.actions import FRAME_LAYOUTS
 from driftkit.grounding.evaluate import POSTPROCESS, eval_variants, evaluate
 
 TASKS = ("spatial", "temporal")
-FRAME_LAYOUTS = ("grid", "frames")
 TARGET_SHAPES = {"spatial": (1, 4), "temporal": (1, 2)}
 DECODER_SPECS = ("regression", "lm_tokens", "flow", "residual_flow[regression]", "residual_flow[lm_tokens]",
                  "residual_drift")

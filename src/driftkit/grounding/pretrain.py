@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from driftkit.errors import check_choice, check_positive
-from driftkit.grounding.actions import CAMERA, frame_cameras, frame_labels, image_tensor
+from driftkit.grounding.actions import CAMERA, FRAME_LAYOUTS, frame_cameras, frame_labels, image_tensor
 from driftkit.grounding.synthetic import (
     SpatialGroundingConfig, TemporalGroundingConfig, frame_grid, make_spatial_example, make_temporal_example,
     sample_frame_indices,
@@ -35,7 +35,6 @@ from driftkit.policy.keys import TASK_KEY
 from driftkit.policy.text import ANSWER_KEY
 
 TASKS = ("spatial", "temporal")
-FRAME_LAYOUTS = ("grid", "frames")
 
 
 @dataclass
