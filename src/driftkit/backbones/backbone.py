@@ -78,6 +78,7 @@ class Backbone(nn.Module):
         self.query_embed = nn.Parameter(rows)  # [Q, H]
         model.get_input_embeddings().register_forward_hook(self._swap_query_embeddings)
         self.special_ids = {role: tokenizer.convert_tokens_to_ids(s) for role, s in self.family.special_tokens.items()}
+        self.label_ids = self._tokenize_labels()  # [N][ids] of config.image_labels, once (they are fixed text)
         # tensor preprocessing on the model's device when the processor is one the family reproduces; None =
         # the Pillow processor (set it to None to force that path)
         self.pixel_pipeline = self.family.tensor_pipeline(image_processor)
@@ -273,20 +274,25 @@ class Backbone(nn.Module):
             )
         return row
 
-    def _label_ids(self, num_images: int) -> list[list[int]] | None:
-        """Token ids of config.image_labels (None when there are none), checked against the row's images."""
+    def _tokenize_labels(self) -> list[list[int]]:
+        """Token ids of each of config.image_labels; a label holding image or query special tokens is an error."""
         labels = self.config.image_labels
-        if not labels:
-            return None
-        if len(labels) != num_images:
-            raise ValueError(f"got {num_images} image(s) per row but {len(labels)} image_labels "
-                             f"{list(labels[:3])}...; give one label per camera")
         ids = [self.tokenizer(t, add_special_tokens=False).input_ids for t in labels]
         bad = next((t for t, i in zip(labels, ids) if (set(self.special_ids.values()) | set(self.query_ids))
                     .intersection(i)), None)
         if bad is not None:
             raise ValueError(f"image label {bad!r} contains image or query special tokens; pass plain text")
         return ids
+
+    def _label_ids(self, num_images: int) -> list[list[int]] | None:
+        """The labels' token ids (None when there are none), checked against the row's images."""
+        labels = self.config.image_labels
+        if not labels:
+            return None
+        if len(labels) != num_images:
+            raise ValueError(f"got {num_images} image(s) per row but {len(labels)} image_labels "
+                             f"{list(labels[:3])}...; give one label per camera")
+        return self.label_ids
 
     def _pad(self, rows: list[list[int]], vision: dict) -> PrefixInputs:
         b, l, q = len(rows), max(len(r) for r in rows), self.num_query_tokens

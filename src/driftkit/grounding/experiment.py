@@ -28,7 +28,7 @@ from torch import Tensor
 from driftkit.atomic import write_text_atomic
 from driftkit.devices import resolve_device
 from driftkit.errors import check_choice, check_positive
-from driftkit.grounding.actions import FRAME_LAYOUTS
+from driftkit.grounding.actions import CAMERA, FRAME_LAYOUTS, GroundingActions, frame_cameras, frame_labels
 from driftkit.grounding.evaluate import POSTPROCESS, eval_variants, evaluate
 
 TASKS = ("spatial", "temporal")
@@ -179,14 +179,10 @@ class GroundingExperimentConfig:
 
     def cameras(self) -> tuple[str, ...]:
         """The policy's camera names: the one image, or one per frame."""
-        from driftkit.grounding.actions import CAMERA, frame_cameras
-
         return tuple(frame_cameras(self.num_frames)) if self.frames_as_images else (CAMERA,)
 
     def backbone_options(self) -> dict:
         """Backbone options the layout needs: the frames' timestamps in the "frames" layout."""
-        from driftkit.grounding.actions import frame_labels
-
         return {"image_labels": frame_labels(self.num_frames, self.clip_seconds)} if self.frames_as_images else {}
 
     def prompt(self) -> str:
@@ -276,8 +272,6 @@ def run_experiment(cfg: GroundingExperimentConfig, out_dir: str | os.PathLike, d
 
     datasets: (train, test) from build_datasets(cfg), to share one copy between runs of a sweep (the examples
     depend on the task, sizes and data_seed only)."""
-    from driftkit.grounding.actions import GroundingActions
-
     out = Path(out_dir)
     start = time.perf_counter()
     train_data, test = datasets if datasets is not None else build_datasets(cfg)

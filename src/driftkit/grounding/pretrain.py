@@ -143,12 +143,11 @@ class TextGroundingData(Dataset):
         if len(counts) > 1:
             raise ValueError(f"items hold {counts} images each; one dataset's cameras need the same number: take "
                              "subset(kind) first")
-        return [CAMERA] if counts[0] == 1 else frame_cameras(counts[0])
+        return _cameras(counts[0])
 
     def __getitem__(self, i: int) -> dict:
         images = self.images[i].float() / 255.0
-        cams = [CAMERA] if len(images) == 1 else frame_cameras(len(images))
-        return {**dict(zip(cams, images)), TASK_KEY: self.questions[i], ANSWER_KEY: self.answers[i]}
+        return {**dict(zip(_cameras(len(images)), images)), TASK_KEY: self.questions[i], ANSWER_KEY: self.answers[i]}
 
     def subset(self, kind: str | None = None, level: str | None = None, first: int | None = None
                ) -> "TextGroundingData":
@@ -164,6 +163,11 @@ class TextGroundingData(Dataset):
     def targets(self) -> Tensor:  # [N, 1, D]
         """Ground truth of a one-kind subset (fractions), for the grounding metrics."""
         return torch.tensor([[t] for t in self.truth], dtype=torch.float32)
+
+
+def _cameras(num_images: int) -> list[str]:
+    """Camera names of an item of num_images images: the one image, or a clip's frames."""
+    return [CAMERA] if num_images == 1 else frame_cameras(num_images)
 
 
 def _uint8(*images) -> Tensor:  # N PIL images -> [N, 3, H, W] uint8
