@@ -6,7 +6,8 @@
     python benchmarks/grounding.py --task spatial --smoke      # a few steps on a few examples: pipeline check
 
 Each run writes <out>/runs/<spec>-seed<s>/results.json (driftkit.grounding.experiment); a rerun skips the runs
-already there, so an interrupted sweep resumes. After every run the aggregate is rewritten to <out>.json and
+already there, or already in <out>.json with the same config (the runs/ folder is not committed, the aggregate
+is), so an interrupted sweep resumes on a fresh clone. After every run the aggregate is rewritten to <out>.json and
 <out>.md (command and machine at the top): one row per evaluation variant with mean ± std (sample std over
 seeds) of each metric, NFE and ms per prediction, then the refinement table: the strict metric (R@1 IoU=0.7 or
 Acc@0.9) and mIoU of each residual decoder minus its base, paired by seed, both against the standalone base
@@ -103,19 +104,15 @@ def sweep(args, out: Path) -> list[dict]:
     results = []
     datasets = build_datasets(make_config(args, args.decoders[0], args.seeds[0]))  # one copy for every run
     baseline = constant_baseline(*datasets, args.task)
-    text = text_row(args, out, datasets)
+    committed = committed_runs(out)
+    text = text_row(args, out, datasets, committed)
     if text is not None:
         results.append(text)
     for seed in args.seeds:  # seed-major: a partial sweep already covers every decoder
         for spec in args.decoders:
             cfg, path = make_config(args, spec, seed), run_dir(out, spec, seed)
-            done = path / "results.json"
-            if done.is_file():
-                found = json.loads(done.read_text())
-                if found["config"] != json.loads(json.dumps(cfg.to_dict())):
-                    sys.exit(f"{done} was written with another config; use another --out or delete it")
-                print(f"skip {spec} seed {seed}: {done} exists")
-            else:
+            found = finished_run(cfg, path / "results.json", committed.get((spec, seed)))
+            if found is None:
                 start = time.perf_counter()
                 found = run_experiment(cfg, path, datasets)
                 print(f"{spec} seed {seed}: {time.perf_counter() - start:.0f} s")
@@ -124,13 +121,34 @@ def sweep(args, out: Path) -> list[dict]:
     return results
 
 
-def text_row(args, out: Path, datasets) -> dict | None:
+def committed_runs(out: Path) -> dict[tuple[str, int], dict]:
+    """(decoder, seed) -> run, from an aggregate <out>.json an earlier sweep wrote; {} when there is none."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return {}
+    return {(r["decoder"], r["seed"]): {**r, "source": str(path)} for r in json.loads(path.read_text())["runs"]
+            if "config" in r}  # aggregates written before runs recorded their config cannot be checked: rerun
+
+
+def finished_run(cfg: GroundingExperimentConfig, done: Path, committed: dict | None, name: str = "") -> dict | None:
+    """The run's results if it already ran with this config (its results.json first, else the aggregate's
+    record), None if it has to run; exits when a finished run was written with another config."""
+    found = json.loads(done.read_text()) if done.is_file() else committed
+    if found is None:
+        return None
+    source, name = done if done.is_file() else found["source"], name or cfg.decoder
+    if found["config"] != json.loads(json.dumps(cfg.to_dict())):
+        sys.exit(f"{source}: {name} seed {cfg.seed} was run with another config; use another --out or "
+                 "delete it")
+    print(f"skip {name} seed {cfg.seed}: done in {source}")
+    return found
+
+
+def text_row(args, out: Path, datasets, committed: dict) -> dict | None:
     """The checkpoint's own text answers (DRIFT's "Qwen-VL" row), once: they do not depend on a training seed."""
     cfg, path = make_config(args, args.decoders[0], args.seeds[0]), out / "runs" / "text"
-    done = path / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    return run_text_answers(cfg, path, datasets)
+    found = finished_run(cfg, path / "results.json", committed.get(("text", cfg.seed)), "text")
+    return found if found is not None else run_text_answers(cfg, path, datasets)
 
 
 # ---- aggregation ---------------------------------------------------------------------------------------------
@@ -201,7 +219,8 @@ def write_summary(args, out: Path, results: list[dict], baseline: dict) -> None:
              "'base': a residual decoder's base head alone.\n\n" + main_table(results, baseline) +
              "\n\nDoes residual refinement beat its base at high IoU? Differences in percentage points, paired by "
              "seed (positive = refinement better).\n\n" + refinement_table(results, args.task))
-    runs = [{k: r[k] for k in ("decoder", "seed", "train", "evaluations", "total_seconds")} for r in results]
+    runs = [{k: r[k] for k in ("decoder", "seed", "config", "postprocess", "train", "evaluations", "total_seconds")}
+            for r in results]
     write_results(out.with_suffix(".json"), {"task": args.task, "settings": settings, "constant_baseline": baseline,
                                              "runs": runs}, table)
 

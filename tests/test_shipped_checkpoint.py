@@ -1,8 +1,10 @@
 """The VLM the project pretrained through its text interface and ships (checkpoints/qwen3_vl-grounding): it loads
 like a downloaded checkpoint, answers in Qwen3-VL's box convention, and its answers ground held-out scenes."""
 
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench_helpers import benchmark
@@ -41,8 +43,10 @@ def test_shipped_checkpoint_loads_answers_and_grounds():
 
 def test_grounding_sweep_runs_on_the_checkpoint_with_its_text_row(tmp_path):
     """benchmarks/grounding.py --backbone <checkpoint>: the scenes are made at the checkpoint's own side, the
-    decoders train on it in frozen mode, and its own text answers are a row of the table. Mutations caught: the
-    recorded image side ignored (the preset sizing's 112 px); the text row left out or counted per seed."""
+    decoders train on it in frozen mode, and its own text answers are a row of the table; a rerun without the
+    runs/ folder resumes from the aggregate. Mutations caught: the recorded image side ignored (the preset
+    sizing's 112 px); the text row left out or counted per seed; the aggregate's runs rerun, or reused under
+    another config."""
     import json
 
     grounding = benchmark("grounding")
@@ -53,6 +57,18 @@ def test_grounding_sweep_runs_on_the_checkpoint_with_its_text_row(tmp_path):
     assert summary["settings"]["image_size"] == 128 and summary["settings"]["mode"] == "frozen"
     assert [r["decoder"] for r in summary["runs"]] == ["text", "regression", "regression"]
     assert "| text answer (the VLM's own, parsed) |" in out.with_suffix(".md").read_text()
+
+    # resume on a fresh clone: runs/ is not committed, the aggregate is; its finished runs are not repeated
+    shutil.rmtree(out / "runs")
+    grounding.main(["--task", "spatial", "--smoke", "--backbone", str(CHECKPOINT), "--mode", "frozen",
+                    "--decoders", "regression", "--seeds", "0", "1", "2", "--out", str(out), "--threads", "1"])
+    resumed = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert [(r["decoder"], r["seed"]) for r in resumed] == [("text", 0), ("regression", 0), ("regression", 1),
+                                                           ("regression", 2)]
+    assert resumed[:3] == summary["runs"]  # reused as recorded (a rerun has other timings)
+    with pytest.raises(SystemExit, match=r"g\.json: text seed 0 was run with another config"):
+        grounding.main(["--task", "spatial", "--smoke", "--backbone", str(CHECKPOINT), "--mode", "frozen",
+                        "--steps", "2", "--decoders", "regression", "--seeds", "0", "--out", str(out)])
 
 
 def test_reduction_benchmark_answers_with_fewer_image_tokens(tmp_path):
