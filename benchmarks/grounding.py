@@ -133,10 +133,13 @@ def committed_runs(out: Path) -> dict[tuple[str, int], dict]:
 def finished_run(cfg: GroundingExperimentConfig, done: Path, committed: dict | None, name: str = "") -> dict | None:
     """The run's results if it already ran with this config (its results.json first, else the aggregate's
     record), None if it has to run; exits when a finished run was written with another config."""
-    found = json.loads(done.read_text()) if done.is_file() else committed
-    if found is None:
+    if done.is_file():
+        found, source = json.loads(done.read_text()), done
+    elif committed is not None:
+        found, source = committed, committed["source"]
+    else:
         return None
-    source, name = done if done.is_file() else found["source"], name or cfg.decoder
+    name = name or cfg.decoder
     if found["config"] != json.loads(json.dumps(cfg.to_dict())):
         sys.exit(f"{source}: {name} seed {cfg.seed} was run with another config; use another --out or "
                  "delete it")
