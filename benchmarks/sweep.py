@@ -297,6 +297,20 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}"
 
 
+def headline_markdown(stats: dict[str, ConfigStats], groups: list[str]) -> list[str]:
+    """The compact table the README and docs quote: per-seed rates, the pooled rate ± the SE used for
+    comparisons, success per task group, NFE and ms per chunk."""
+    lines = ["", "## Headline table (as quoted in the README and docs)\n",
+             "| configuration (training seeds: % each) | success % ± SE | " + " | ".join(groups) + " | NFE | ms/chunk |",
+             "|---|---|" + "---|" * len(groups) + "---|---|"]
+    for s in stats.values():
+        seeds = f"{len(s.rates)}: " + ", ".join(f"{100 * r:.0f}" for r in s.rates) if len(s.rates) > 1 else "1"
+        per_group = " | ".join(f"{100 * s.per_group[g]:.0f}" if g in s.per_group else "-" for g in groups)
+        lines.append(f"| {s.config} ({seeds}) | {_pct(s.mean)} ± {_pct(s.se)} | {per_group} | "
+                     f"{s.nfe if s.nfe else '-'} | {s.chunk_ms:.1f} |")
+    return lines
+
+
 def _table(title: str, names: list[str], stats: dict[str, ConfigStats], values: Callable) -> list[str]:
     short = [n.removesuffix("-v3") for n in names]
     return ["", f"## {title}\n", "| configuration | " + " | ".join(short) + " |", "|---|" + "---:|" * len(names),
@@ -327,6 +341,7 @@ def summary_markdown(bench: Bench, stats: dict[str, ConfigStats], missing: list[
         lines += _table("Success % per task (mean over training seeds)", list(next(iter(stats.values())).per_task),
                         stats, lambda s: s.per_task)
         lines += leaders_markdown(stats, groups)
+        lines += headline_markdown(stats, groups)
     lines += ["", "Success %: mean over training seeds of the success rate over all episodes. Seed std: sample std "
               "across training seeds. Eval-seed std: sample std across evaluation seeds (episodes pooled over "
               "training seeds). Binomial SE: sqrt(p(1-p)/n) over the pooled episodes. The noise floor of a "

@@ -57,6 +57,19 @@ def test_verdicts_and_the_best_per_group_and_per_millisecond():
     assert front.index("fastest-bad") < front.index("fast-close") < front.index("slow-best")
 
 
+def test_headline_table_quotes_seeds_the_comparison_se_and_groups():
+    # catches: the binomial SE quoted where the seed spread dominates; per-seed rates dropped or out of order;
+    # a group's column filled from another group or from the overall rate
+    stats = stats_of({"two": [record("two", 0, {"a-v3": 50, "b-v3": 30}, 50, 7.25),
+                              record("two", 1, {"a-v3": 10, "b-v3": 30}, 50, 7.25)],
+                      "one": [record("one", 0, {"a-v3": 5, "b-v3": 45}, 50, 3.0)]})
+    rows = {line.split(" (")[0].lstrip("| "): line for line in sweep.headline_markdown(stats, ["hard", "easy"])
+            if line.startswith("| ") and "(" in line and "configuration" not in line}
+    # seed rates 80 % and 40 %: SE = stdev / sqrt(2) = 20 points, larger than the binomial 3.5
+    assert rows["two"] == "| two (2: 80, 40) | 60.0 ± 20.0 | 60 | 60 | 1 | 7.2 |"
+    assert rows["one"] == "| one (1) | 50.0 ± 5.0 | 10 | 90 | 1 | 3.0 |"
+
+
 def test_a_finished_run_is_reused_and_a_short_one_resumes(monkeypatch, tmp_path):
     """train_checkpoint counts a run as finished at its own steps (train_scale x --train-steps). Mutations
     caught: comparing with --train-steps, so a finished 3x run would resume (and refuse: nothing to train) on
