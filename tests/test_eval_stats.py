@@ -1,6 +1,7 @@
 """Evaluation statistics against hand-computed oracles, the result files, and the replanning loop
 (with a fake environment, so no simulator is needed)."""
 
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -146,7 +147,8 @@ class _ConstantPolicy:
     def nfe(self, steps=None):
         return 1
 
-    def predict(self, obs_batch, num_samples=1, steps=None, select=None, timer=None, temperature=None):
+    def predict(self, obs_batch, num_samples=1, steps=None, select=None, generator=None, timer=None,
+                temperature=None):
         self.calls.append(float(obs_batch["observation.state"][0, 0]))
         return torch.ones(1, self.horizon, 4)
 
@@ -161,6 +163,53 @@ def test_replanning_loop_executes_n_action_steps_per_chunk():
     run = run_episode(_ConstantPolicy(4), _LineEnv(goal=1000), EvalConfig(
         tasks=["reach-v3"], episodes=1, seeds=[0], n_action_steps=3, max_steps=7))
     assert not run.success and run.length == 7 and len(run.chunk_ms) == 3
+
+
+class _RecordingEnv(_LineEnv):
+    """_LineEnv that never succeeds and keeps every action it is given, as MetaWorldEnv is opened."""
+
+    def __init__(self, task, seed, **kwargs):
+        super().__init__(goal=float("inf"))
+        self.actions = []
+        _RecordingEnv.opened.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def step(self, action):
+        self.actions.append(np.array(action))
+        return super().step(action)
+
+
+def test_sampling_noise_is_seeded_by_task_and_evaluation_seed(monkeypatch):
+    """A stochastic decoder's closed loop repeats exactly: the noise comes from a generator seeded by the
+    (task, evaluation seed) unit. Mutations caught: the generator not passed to predict (the global RNG
+    differs between the two calls), or one seed for every unit (units get the same actions)."""
+    import driftkit.envs.metaworld as mw
+    from driftkit.eval.metaworld import evaluate_policy
+    from driftkit.policy import StatePolicyConfig, make_policy
+
+    monkeypatch.setattr(mw, "MetaWorldEnv", _RecordingEnv)
+    torch.manual_seed(0)
+    policy = make_policy(StatePolicyConfig(state_dim=39, action_dim=4, horizon=4, decoder="flow", hidden_dim=16,
+                                            cond_dim=16, decoder_options={"hidden_dim": 16})).eval()
+    cfg = EvalConfig(tasks=["reach-v3", "push-v3"], episodes=2, seeds=[0, 1], n_action_steps=2, max_steps=6)
+    runs = []
+    for _ in range(2):
+        _RecordingEnv.opened = []
+        evaluate_policy(policy, "flow", cfg, progress=False)
+        runs.append([np.stack(env.actions) for env in _RecordingEnv.opened])
+        torch.randn(3)  # the global RNG moves on between the calls
+    assert len(runs[0]) == 4 and all(a.shape == (12, 4) for a in runs[0])  # 2 episodes x 6 steps per unit
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+    units = runs[0]
+    assert not any(np.allclose(units[i], units[j]) for i in range(4) for j in range(i))
+    _RecordingEnv.opened = []
+    evaluate_policy(policy, "flow", dataclasses.replace(cfg, sample_seed=1), progress=False)
+    assert not np.allclose(_RecordingEnv.opened[0].actions, runs[0][0])  # another sample seed, other noise
 
 
 def test_eval_config_checks():

@@ -102,7 +102,8 @@ class _ExpertPolicy:
     def nfe(self, steps=None):
         return 1
 
-    def predict(self, obs_batch, num_samples=1, steps=None, select=None, timer=None, temperature=None):
+    def predict(self, obs_batch, num_samples=1, steps=None, select=None, generator=None, timer=None,
+                temperature=None):
         self.temperatures.add(temperature)
         state = obs_batch["observation.state"][0].numpy()
         assert obs_batch["task_index"].tolist() == [7]

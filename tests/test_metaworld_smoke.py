@@ -83,16 +83,18 @@ def test_results_hold_success_with_se_nfe_and_ms_per_task_and_decoder(bench):
 
 
 def test_one_checkpoint_evaluated_two_ways(bench):
-    """The benchmark's flow-1 (same checkpoint, --steps 1) and drift + KeyStone (--num-samples 8)."""
+    """The benchmark's flow-1 (same checkpoint, --steps 1) and drift + KeyStone (--num-samples 8, another
+    sampling-noise seed)."""
     root, runs = bench["root"], bench["runs"]
     flow1 = invoke("eval", "--checkpoint", runs["flow"], *EVAL, "--steps", "1", "--out", root / "flow1")
     assert flow1.exit_code == 0, flow1.output
     assert rows_of(json.loads((root / "flow1" / "results.json").read_text()))[("flow", "all")]["nfe"] == 1
     keystone = invoke("eval", "--checkpoint", runs["drift"], *EVAL, "--num-samples", "8", "--select", "keystone",
-                      "--out", root / "keystone")
+                      "--sample-seed", "3", "--out", root / "keystone")
     assert keystone.exit_code == 0, keystone.output
     results = json.loads((root / "keystone" / "results.json").read_text())
     assert results["config"]["num_samples"] == 8 and results["config"]["select"] == "keystone"
+    assert results["config"]["sample_seed"] == 3  # the noise seed reaches the evaluation and its record
     assert rows_of(results)[("drift", "reach-v3")]["n_episodes"] == 2
 
 

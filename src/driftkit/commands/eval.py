@@ -44,6 +44,8 @@ def eval_command(
     select: str = typer.Option(None, help="How to pick one of several samples (passed to policy.predict)."),
     temperature: float = typer.Option(None, help="Sampling temperature of stochastic decoders (0 = deterministic; "
                                       "default: the decoder's own)."),
+    sample_seed: int = typer.Option(0, help="Seed of stochastic decoders' sampling noise (drawn per task and "
+                                    "evaluation seed, so a run repeats exactly; another value, other noise)."),
     image: bool = typer.Option(False, help="Render the corner2 camera for image-conditioned policies."),
     out: Path = typer.Option(..., help="Folder for results.json, results.md, success_vs_latency.png."),
     dataset: Path = typer.Option(None, help="Training dataset (for its task_index map); default: the one in "
@@ -61,7 +63,7 @@ def eval_command(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         cfg = EvalConfig(tasks=tasks.split(","), episodes=episodes, seeds=seed_list, n_action_steps=n_action_steps,
                          max_steps=max_steps, num_samples=num_samples, steps=steps, select=select, image=image,
-                         visual_keep=visual_keep, temperature=temperature)
+                         visual_keep=visual_keep, temperature=temperature, sample_seed=sample_seed)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     checkpoint = [_resolve_checkpoint(path) for path in checkpoint]

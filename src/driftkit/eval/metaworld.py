@@ -2,16 +2,19 @@
 open-loop, observe, predict again, until success or the step limit.
 
 Any policy of driftkit.policy runs here through its one contract:
-    policy.predict(obs_batch, num_samples=K, steps=S, select=..., timer=...) -> actions [B, T, D]
+    policy.predict(obs_batch, num_samples=K, steps=S, select=..., generator=..., timer=...) -> actions [B, T, D]
 with obs_batch in LeRobot's keys: "observation.state" [1, 39] float32, "task" [the instruction],
 "task_index" [1] long (when the policy was trained on several tasks), and "observation.images.corner2"
 [1, 3, H, W] float32 in [0, 1] for policies that read that camera (the one Meta-World renders here);
-policy.nfe(steps) gives the network evaluations per chunk.
+policy.nfe(steps) gives the network evaluations per chunk. The sampling noise of a stochastic decoder comes
+from a generator seeded by (task, evaluation seed, EvalConfig.sample_seed), so an evaluation repeats exactly, in one process or spread
+over workers, and every checkpoint meets the same noise stream on the same unit.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -46,6 +49,9 @@ class EvalConfig:
     temperature: float | None = None
     """Sampling temperature of stochastic decoders (passed through to predict; 0 = the deterministic output at
     the noise mean); None = the decoder's own."""
+    sample_seed: int = 0
+    """Seed of the sampling noise: each (task, evaluation seed) unit draws it from a generator seeded by the
+    unit and this number, so a run repeats exactly; another value gives other noise on the same episodes."""
     image: bool = False
     """Render the corner2 camera for policies that take images."""
     image_size: int = 64
@@ -132,8 +138,18 @@ class EpisodeRun:
     """Per stage of predict (preprocess, prefix, decoder), the milliseconds of every call."""
 
 
-def run_episode(policy, env, cfg: EvalConfig, task_index: int | None = None) -> EpisodeRun:
-    """One closed-loop episode on a MetaWorldEnv-like env (reset() -> obs, step(a) -> .obs/.success/.truncated)."""
+def sampling_generator(policy, task: str, seed: int, sample_seed: int = 0):
+    """The generator of a (task, evaluation seed) unit's sampling noise, on the policy's device; its seed
+    depends on the unit and sample_seed alone (not on the process or on the units run before it)."""
+    import torch
+
+    device = getattr(policy, "device", None) or "cpu"
+    return torch.Generator(device=device).manual_seed(zlib.crc32(f"{task}/{seed}/{sample_seed}".encode()))
+
+
+def run_episode(policy, env, cfg: EvalConfig, task_index: int | None = None, generator=None) -> EpisodeRun:
+    """One closed-loop episode on a MetaWorldEnv-like env (reset() -> obs, step(a) -> .obs/.success/.truncated);
+    generator: the torch.Generator of the decoder's sampling noise (None: torch's global one)."""
     import torch
 
     from driftkit.timing import StageTimer
@@ -145,7 +161,8 @@ def run_episode(policy, env, cfg: EvalConfig, task_index: int | None = None) -> 
     while run.length < cfg.max_steps:
         with torch.no_grad(), timer.stage("chunk"):
             pred = policy.predict(obs_batch(obs, task_index, instruction), num_samples=cfg.num_samples,
-                                  steps=cfg.steps, select=cfg.select, timer=timer, temperature=cfg.temperature)
+                                  steps=cfg.steps, select=cfg.select, generator=generator, timer=timer,
+                                  temperature=cfg.temperature)
             actions = chunk_to_numpy(pred)
         for stage, ms in timer.reset().items():
             (run.chunk_ms if stage == "chunk" else run.stage_ms.setdefault(stage, [])).append(ms)
@@ -186,8 +203,9 @@ def evaluate_policy(policy, label: str, cfg: EvalConfig, task_map: dict[str, int
             with MetaWorldEnv(task, seed=seed, image=image, image_size=image_size,
                               max_steps=cfg.max_steps) as env:
                 task_index = lookup_task_index(task_map, env.instruction)
+                generator = sampling_generator(policy, task, seed, cfg.sample_seed)
                 for episode in range(cfg.episodes):
-                    run = run_episode(policy, env, cfg, task_index)
+                    run = run_episode(policy, env, cfg, task_index, generator)
                     outcomes.append(EpisodeOutcome(decoder=label, task=task, seed=seed, episode=episode,
                                                    success=run.success, length=run.length,
                                                    chunk_ms=run.chunk_ms, nfe=nfe, stage_ms=run.stage_ms))
