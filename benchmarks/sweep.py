@@ -301,8 +301,8 @@ def headline_markdown(stats: dict[str, ConfigStats], groups: list[str]) -> list[
     """The compact table the README and docs quote: per-seed rates, the pooled rate ± the SE used for
     comparisons, success per task group, NFE and ms per chunk."""
     lines = ["", "## Headline table (as quoted in the README and docs)\n",
-             "| configuration (training seeds: % each) | success % ± SE | " + " | ".join(groups) + " | NFE | ms/chunk |",
-             "|---|---|" + "---|" * len(groups) + "---|---|"]
+             "| configuration (training seeds: % each) | success % ± SE | " + " | ".join(groups)
+             + " | NFE | ms/chunk |", "|---|---|" + "---|" * len(groups) + "---|---|"]
     for s in stats.values():
         seeds = f"{len(s.rates)}: " + ", ".join(f"{100 * r:.0f}" for r in s.rates) if len(s.rates) > 1 else "1"
         per_group = " | ".join(f"{100 * s.per_group[g]:.0f}" if g in s.per_group else "-" for g in groups)

@@ -7,8 +7,8 @@ with obs_batch in LeRobot's keys: "observation.state" [1, 39] float32, "task" [t
 "task_index" [1] long (when the policy was trained on several tasks), and "observation.images.corner2"
 [1, 3, H, W] float32 in [0, 1] for policies that read that camera (the one Meta-World renders here);
 policy.nfe(steps) gives the network evaluations per chunk. The sampling noise of a stochastic decoder comes
-from a generator seeded by (task, evaluation seed, EvalConfig.sample_seed), so an evaluation repeats exactly, in one process or spread
-over workers, and every checkpoint meets the same noise stream on the same unit.
+from a generator seeded by (task, evaluation seed, EvalConfig.sample_seed), so an evaluation repeats exactly,
+in one process or spread over workers, and every checkpoint meets the same noise stream on the same unit.
 """
 
 from __future__ import annotations
