@@ -81,6 +81,7 @@ QUESTIONS = (
     ("drift+keystone8", "drift", "Does KeyStone (K=8) add anything to drift?"),
     ("drift-T0", "drift", "Does drift gain from sampling at temperature 0 (same checkpoints)?"),
     ("drift-chunk", "drift", "chunk grouping vs action_dim grouping"),
+    ("drift-chunk", "flow-10", "Drift-VLA with chunk grouping: does one-step drift match 10-step flow?"),
     ("drift-timestep", "drift", "timestep grouping vs action_dim grouping"),
     ("drift-3x", "drift", "Does drift gain from 3x the training steps (same data, same schedule shape)?"),
     ("drift-3x", "flow-10", "Does drift at 3x the training steps reach flow-10 (at 1x)?"),
