@@ -95,6 +95,12 @@ QUESTIONS = (
     ("residual_flow[regression]", "flow-10", "Does residual flow beat plain flow?"),
     ("residual_drift", "regression", "Does residual_drift beat its base predictor (regression)?"),
     ("discrete_flow", "lm_tokens", "DFM-VLA: does discrete flow beat the token decoder it refines?"),
+    ("drift-chunk", "regression", "Where the mean of two routes fails: does chunk drift beat regression?",
+     "multimodal"),
+    ("residual_flow[lm_tokens]", "regression",
+     "Where the mean of two routes fails: does residual flow on tokens beat regression?", "multimodal"),
+    ("flow-10", "regression", "Where the mean of two routes fails: does flow beat regression?", "multimodal"),
+    ("drift-chunk", "flow-10", "Where the mean of two routes fails: does chunk drift beat flow?", "multimodal"),
 )
 # The GPU-machine sizes: a mid preset, more demonstrations, more steps, evaluations spread over 16 processes.
 LARGE = {"preset": "metaworld-vla-large", "episodes_per_task": 100, "train_steps": 30_000, "batch_size": 64,

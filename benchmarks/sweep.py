@@ -59,7 +59,8 @@ class Bench:
     preset: str
     configs: dict[str, Run]
     multi_seed: tuple[str, ...]
-    questions: tuple[tuple[str, str, str], ...]
+    questions: tuple[tuple[str, ...], ...]
+    """(config a, config b, question) over all tasks, or (..., group) over one task group."""
     groups: dict[str, tuple[str, ...]]
     """Task groups reported beside "all" (e.g. multimodal, precision, easy)."""
     collect: Callable  # (args) -> CollectConfig
@@ -246,19 +247,23 @@ def config_stats(bench: Bench, config: str, records: list[dict]) -> ConfigStats:
         eval_seconds=sum(rec["eval_seconds"] for rec in records))
 
 
-def answer(stats: dict[str, ConfigStats], name_a: str, name_b: str, question: str) -> str:
-    """One plain sentence: the two rates, their difference, and whether it exceeds 2 standard errors."""
+def answer(stats: dict[str, ConfigStats], name_a: str, name_b: str, question: str, group: str = "all") -> str:
+    """One plain sentence: the two rates (over all tasks, or over one task group), their difference, and whether
+    it exceeds 2 standard errors."""
     a, b = stats.get(name_a), stats.get(name_b)
     if a is None or b is None:
         missing = [n for n in (name_a, name_b) if n not in stats]
         return f"**{question}** Not answered: {', '.join(missing)} has not run yet."
-    diff = a.mean - b.mean
-    noise = 2 * math.sqrt(a.se**2 + b.se**2)
+    rate = (lambda s: s.mean) if group == "all" else (lambda s: s.per_group[group])
+    se = (lambda s: s.se) if group == "all" else (lambda s: s.per_group_se[group])
+    diff = rate(a) - rate(b)
+    noise = 2 * math.sqrt(se(a) ** 2 + se(b) ** 2)
     verdict = ("the difference is inside the noise (|diff| <= 2 SE of the difference)" if abs(diff) <= noise
                else f"{a.config} is {'better' if diff > 0 else 'worse'} by more than the noise")
-    return (f"**{question}** {a.config} {100 * a.mean:.1f}% ({len(a.rates)} seed(s)) vs {b.config} "
-            f"{100 * b.mean:.1f}% ({len(b.rates)} seed(s)): difference {100 * diff:+.1f} points, noise floor "
-            f"(2 SE) ±{100 * noise:.1f}; {verdict}.")
+    where = "" if group == "all" else f" on the {group} group"
+    return (f"**{question}** {a.config} {100 * rate(a):.1f}% ({len(a.rates)} seed(s)) vs {b.config} "
+            f"{100 * rate(b):.1f}% ({len(b.rates)} seed(s)){where}: difference {100 * diff:+.1f} points, noise "
+            f"floor (2 SE) ±{100 * noise:.1f}; {verdict}.")
 
 
 def _tied(stats: list[ConfigStats], rate: Callable, se: Callable) -> tuple[ConfigStats, list[ConfigStats]]:
@@ -321,7 +326,7 @@ def summary_markdown(bench: Bench, stats: dict[str, ConfigStats], missing: list[
                      extra: str = "") -> str:
     lines = [f"# {bench.title}\n", f"Command: `{header['command']}`\n",
              f"Machine: `{json.dumps(header['machine'])}`\n", f"Setup: {header['setup']}\n", "## Answers\n"]
-    lines += [f"- {answer(stats, a, b, q)}" for a, b, q in bench.questions]
+    lines += [f"- {answer(stats, *question)}" for question in bench.questions]
     lines += ["", "## All configurations (success over all tasks)\n",
               "| configuration | training seeds | episodes | success % (mean over seeds) | ± seed std | "
               "± eval-seed std | ± binomial SE | per-seed % | mean length | NFE/chunk | ms/chunk (median) |",
@@ -374,7 +379,7 @@ def write_summary(bench: Bench, args, results_dir: Path, command: str, extra: st
     header = {"command": " && ".join(made_by or [command]), "machine": machine(), "setup": bench.setup(args)}
     write_text_atomic(results_dir / "summary.md", summary_markdown(bench, stats, missing, header, extra))
     payload = {**header, "configs": {c: vars(s) for c, s in stats.items()}, "not_run": missing,
-               "answers": [answer(stats, a, b, q) for a, b, q in bench.questions]}
+               "answers": [answer(stats, *question) for question in bench.questions]}
     write_text_atomic(results_dir / "summary.json", json.dumps(payload, indent=2))
     plot(bench, stats, records, results_dir / "success_vs_latency.png")
     return results_dir / "summary.md"

@@ -57,6 +57,19 @@ def test_verdicts_and_the_best_per_group_and_per_millisecond():
     assert front.index("fastest-bad") < front.index("fast-close") < front.index("slow-best")
 
 
+def test_a_question_restricted_to_a_task_group_uses_that_groups_rates_and_se():
+    # catches: the overall rate or SE used for a group question; the group left out of the sentence
+    stats = stats_of({
+        "router": [record("router", 0, {"a-v3": 40, "b-v3": 10}, 50, 5.0)],   # hard 80 %, all 50 %
+        "mean": [record("mean", 0, {"a-v3": 10, "b-v3": 40}, 50, 5.0)],       # hard 20 %, all 50 %
+    })
+    assert "inside the noise" in sweep.answer(stats, "router", "mean", "q?")
+    hard = sweep.answer(stats, "router", "mean", "q?", "hard")
+    noise = 2 * math.sqrt(2 * 0.8 * 0.2 / 50)  # the per-group binomial SE of each: 50 episodes at 80 / 20 %
+    assert "router 80.0% (1 seed(s)) vs mean 20.0% (1 seed(s)) on the hard group" in hard
+    assert f"+60.0 points, noise floor (2 SE) ±{100 * noise:.1f}; router is better by more than the noise" in hard
+
+
 def test_headline_table_quotes_seeds_the_comparison_se_and_groups():
     # catches: the binomial SE quoted where the seed spread dominates; per-seed rates dropped or out of order;
     # a group's column filled from another group or from the overall rate
