@@ -247,6 +247,13 @@ def config_stats(bench: Bench, config: str, records: list[dict]) -> ConfigStats:
         eval_seconds=sum(rec["eval_seconds"] for rec in records))
 
 
+def _measures(group: str) -> tuple[Callable, Callable]:
+    """(rate, SE) of a configuration over all tasks, or over one task group."""
+    if group == "all":
+        return (lambda s: s.mean), (lambda s: s.se)
+    return (lambda s: s.per_group[group]), (lambda s: s.per_group_se[group])
+
+
 def answer(stats: dict[str, ConfigStats], name_a: str, name_b: str, question: str, group: str = "all") -> str:
     """One plain sentence: the two rates (over all tasks, or over one task group), their difference, and whether
     it exceeds 2 standard errors."""
@@ -254,8 +261,7 @@ def answer(stats: dict[str, ConfigStats], name_a: str, name_b: str, question: st
     if a is None or b is None:
         missing = [n for n in (name_a, name_b) if n not in stats]
         return f"**{question}** Not answered: {', '.join(missing)} has not run yet."
-    rate = (lambda s: s.mean) if group == "all" else (lambda s: s.per_group[group])
-    se = (lambda s: s.se) if group == "all" else (lambda s: s.per_group_se[group])
+    rate, se = _measures(group)
     diff = rate(a) - rate(b)
     noise = 2 * math.sqrt(se(a) ** 2 + se(b) ** 2)
     verdict = ("the difference is inside the noise (|diff| <= 2 SE of the difference)" if abs(diff) <= noise
@@ -285,8 +291,7 @@ def leaders_markdown(stats: dict[str, ConfigStats], groups: list[str]) -> list[s
              "|---|---|---|---|"]
     for group in ["all", *groups]:
         have = [s for s in rows if group == "all" or group in s.per_group]
-        rate = (lambda s: s.mean) if group == "all" else (lambda s, g=group: s.per_group[g])
-        se = (lambda s: s.se) if group == "all" else (lambda s, g=group: s.per_group_se[g])
+        rate, se = _measures(group)
         best, tied = _tied(have, rate, se)
         fastest = min(tied, key=lambda s: s.chunk_ms)
         lines.append(f"| {group} | {best.config} ({_pct(rate(best))}) | "
