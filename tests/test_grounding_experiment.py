@@ -207,3 +207,23 @@ def test_frames_layout_trains_on_one_camera_per_frame_after_its_timestamp(tmp_pa
     assert grid.cameras() == ("observation.images.frame",) and grid.backbone_options() == {}
     with pytest.raises(ValueError, match=r"frame_layout='tiles'"):
         GroundingExperimentConfig(task="temporal", frame_layout="tiles")
+
+
+def test_extents_benchmark_redraws_the_logged_evaluations_and_refuses_a_mismatch(tmp_path):
+    from bench_helpers import benchmark
+
+    extents = benchmark("grounding_extents")
+    cfg = GroundingExperimentConfig(task="temporal", decoder="flow", **{**TINY, "latency_repeats": 0})
+    run_experiment(cfg, tmp_path / "run")
+    extents.main(["--runs", str(tmp_path / "run"), "--threads", "1", "--out", str(tmp_path / "extents")])
+    rows = json.loads((tmp_path / "extents.json").read_text())["rows"]
+    logged = json.loads((tmp_path / "run" / "results.json").read_text())["evaluations"]
+    assert [(r["label"], r["metrics"]) for r in rows] == [(e["label"], e["metrics"]) for e in logged]
+    assert all(set(r["extents"]) == {"lo_error", "hi_error", "size_ratio", "centre_error"} for r in rows)
+    assert "| flow T=0 | 0 |" in (tmp_path / "extents.md").read_text()
+
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results["evaluations"][0]["metrics"]["mIoU"] += 1.0  # as if another checkpoint had been scored
+    (tmp_path / "run" / "results.json").write_text(json.dumps(results))
+    with pytest.raises(RuntimeError, match=r"run flow: redrawn metrics .* differ from the logged"):
+        extents.inspect_run(tmp_path / "run")

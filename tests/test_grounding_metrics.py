@@ -11,6 +11,7 @@ from driftkit.grounding import (
     GroundingScores,
     InvalidPredictionWarning,
     box_iou,
+    extent_errors,
     recall_at_iou,
     score_boxes,
     score_moments,
@@ -119,6 +120,26 @@ def test_score_moments_hand_computed_with_invalid_predictions():
     assert scores.num_examples == 4 and scores.num_invalid == 2
     assert scores.mean_iou == pytest.approx(0.375)
     assert scores.recall == {0.3: 0.5, 0.5: 0.5, 0.7: 0.25}
+
+
+def test_extent_errors_tell_a_widened_span_from_a_shifted_one():
+    gt = np.array([[0.2, 0.4], [0.5, 0.9]])
+    widened = np.array([[0.1, 0.5], [0.3, 1.1]])  # same centres, twice the length
+    assert extent_errors(widened, gt) == pytest.approx(
+        {"lo_error": -0.15, "hi_error": 0.15, "size_ratio": 2.0, "centre_error": 0.0})
+    shifted = gt + np.array([[0.1], [-0.3]])  # same lengths, centres moved by +0.1 and -0.3
+    assert extent_errors(shifted[:, None], gt) == pytest.approx(
+        {"lo_error": -0.1, "hi_error": -0.1, "size_ratio": 1.0, "centre_error": 0.2})
+    # Boxes: the x axis doubled about its centre, the y axis kept: means over both axes.
+    boxes = extent_errors([[0.0, 0.0, 4.0, 1.0]], [[1.0, 0.0, 3.0, 1.0]])
+    assert boxes == pytest.approx({"lo_error": -0.5, "hi_error": 0.5, "size_ratio": 1.5, "centre_error": 0.0})
+
+
+def test_extent_errors_reject_bad_shapes_and_empty_targets():
+    with pytest.raises(ValueError, match=r"shape \[3\], expected \[N, 2\] moments or \[N, 4\] boxes"):
+        extent_errors([0.1, 0.2, 0.3], [[0.1, 0.2]])
+    with pytest.raises(ValueError, match=r"gt\[1\] = \[0.5, 0.5\] has no extent"):
+        extent_errors([[0.1, 0.2], [0.3, 0.4]], [[0.1, 0.2], [0.5, 0.5]])
 
 
 def test_thresholds_are_inclusive_at_exact_iou():

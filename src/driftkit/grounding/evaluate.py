@@ -77,20 +77,27 @@ def constant_baseline(train, test, task: str) -> dict:
     return dict(zip(scores.columns(), scores.percentages()))
 
 
+def predict_split(policy, test, variant: EvalVariant, seed: int = 0, batch_size: int = 64) -> tuple[Tensor, Tensor]:
+    """(predictions, targets), both [N, D]: one prediction per query of the test split, before postprocess,
+    drawn in batches from one generator seeded with seed (so a rerun draws the same samples)."""
+    generator = torch.Generator(device=policy.device).manual_seed(seed)
+    preds, gts = [], []
+    for i in range(0, len(test), batch_size):
+        items = [test[j] for j in range(i, min(i + batch_size, len(test)))]
+        preds.append(predict(policy, items, variant, generator).float().cpu())
+        gts.append(torch.stack([it["target"] for it in items])[:, 0])
+    return torch.cat(preds), torch.cat(gts)
+
+
 def evaluate(policy, test, task: str, variant: EvalVariant, seed: int = 0, batch_size: int = 64,
              latency_repeats: int = 10) -> dict:
     """Scores, NFE and timings of one variant on the test split."""
     device = policy.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    preds, gts = [], []
     timer = StageTimer(device)
     with timer.stage("all"):
-        for i in range(0, len(test), batch_size):
-            items = [test[j] for j in range(i, min(i + batch_size, len(test)))]
-            preds.append(predict(policy, items, variant, generator).float().cpu())
-            gts.append(torch.stack([it["target"] for it in items])[:, 0])
-    pred, num_clipped, num_reordered = postprocess(torch.cat(preds))
-    scores = scorer(task)(pred, torch.cat(gts))
+        raw, gt = predict_split(policy, test, variant, seed, batch_size)
+    pred, num_clipped, num_reordered = postprocess(raw)
+    scores = scorer(task)(pred, gt)
     latency = None
     if latency_repeats:  # batch-1 prediction, image + prompt to box
         latency = median_ms(lambda: predict(policy, [test[0]], variant), device, latency_repeats, warmup=2)

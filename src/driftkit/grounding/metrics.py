@@ -189,3 +189,28 @@ def score_boxes(pred, gt, thresholds=BOX_THRESHOLDS, strict: bool = False) -> Gr
     strict: a hit needs IoU > m instead of IoU >= m.
     """
     return _score("box", pred, gt, thresholds, width=4, strict=strict)
+
+
+def extent_errors(pred, gt) -> dict[str, float]:
+    """Where the misses come from: pred, gt [N, 2k] or [N, 1, 2k] in the scorers' (lo..., hi...) layout.
+
+    lo_error / hi_error: mean signed pred - gt of the starts (x1, y1) and ends (x2, y2); size_ratio: mean
+    pred extent / gt extent; centre_error: mean |pred centre - gt centre|. Means over examples and axes.
+    A head that widens every span shows lo_error < 0 < hi_error and size_ratio > 1 with a small centre_error;
+    one that only misplaces it shows the reverse.
+    """
+    pred = _array(pred)
+    width = pred.shape[-1] if pred.ndim else 0
+    if width not in (2, 4):
+        raise ValueError(f"pred has shape {list(pred.shape)}, expected [N, 2] moments or [N, 4] boxes")
+    pred, gt = _pairs(pred, width, "pred"), _pairs(gt, width, "gt")
+    if pred.shape[0] != gt.shape[0]:
+        raise ValueError(f"pred has {pred.shape[0]} examples but gt has {gt.shape[0]}")
+    k = width // 2
+    size, gt_size = pred[:, k:] - pred[:, :k], gt[:, k:] - gt[:, :k]
+    if (gt_size <= 0).any():
+        i = int(np.flatnonzero((gt_size <= 0).any(-1))[0])
+        raise ValueError(f"gt[{i}] = {gt[i].tolist()} has no extent; size_ratio needs end > start")
+    centre = (pred[:, :k] + pred[:, k:]) / 2 - (gt[:, :k] + gt[:, k:]) / 2
+    return {"lo_error": float((pred[:, :k] - gt[:, :k]).mean()), "hi_error": float((pred[:, k:] - gt[:, k:]).mean()),
+            "size_ratio": float((size / gt_size).mean()), "centre_error": float(np.abs(centre).mean())}
