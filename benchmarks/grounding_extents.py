@@ -31,9 +31,6 @@ from driftkit.grounding.experiment import GroundingExperimentConfig, build_datas
 from driftkit.policy import load_policy  # noqa: E402
 from driftkit.train.checkpoint import latest_checkpoint  # noqa: E402
 
-EXTENTS = ("lo_error", "hi_error", "size_ratio", "centre_error")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", type=Path, required=True, help="Run folders of benchmarks/grounding.py.")
@@ -71,12 +68,12 @@ def table(rows: list[dict]) -> str:
     head = ["evaluation", "seed", *metric_names, "start/lo error", "end/hi error", "length ratio", "centre error (abs)"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
-        cells = [r["label"], str(r["seed"]), *(f"{r['metrics'][m]:.2f}" for m in metric_names),
-                 *(f"{r['extents'][k]:+.3f}" if k.endswith("error") and k != "centre_error"
-                   else f"{r['extents'][k]:.3f}" for k in EXTENTS)]
+        signed = [f"{r['extents'][k]:+.3f}" for k in ("lo_error", "hi_error")]
+        cells = [r["label"], str(r["seed"]), *(f"{r['metrics'][m]:.2f}" for m in metric_names), *signed,
+                 f"{r['extents']['size_ratio']:.3f}", f"{r['extents']['centre_error']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     note = ("Errors in fractions of the clip (moments) or of the image side (boxes), after the sweep's "
-               "postprocess; means over the test queries. Length ratio: mean predicted / true length.")
+            "postprocess; means over the test queries. Length ratio: mean predicted / true length.")
     return note + "\n\n" + "\n".join(lines)
 
 

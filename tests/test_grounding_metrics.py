@@ -135,11 +135,13 @@ def test_extent_errors_tell_a_widened_span_from_a_shifted_one():
     assert boxes == pytest.approx({"lo_error": -0.5, "hi_error": 0.5, "size_ratio": 1.5, "centre_error": 0.0})
 
 
-def test_extent_errors_reject_bad_shapes_and_empty_targets():
+def test_extent_errors_reject_bad_shapes_empty_targets_and_nan():
     with pytest.raises(ValueError, match=r"shape \[3\], expected \[N, 2\] moments or \[N, 4\] boxes"):
         extent_errors([0.1, 0.2, 0.3], [[0.1, 0.2]])
     with pytest.raises(ValueError, match=r"gt\[1\] = \[0.5, 0.5\] has no extent"):
         extent_errors([[0.1, 0.2], [0.3, 0.4]], [[0.1, 0.2], [0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"pred\[1\] = \[nan, 0.4\] is not finite"):
+        extent_errors([[0.1, 0.2], [NAN, 0.4]], [[0.1, 0.2], [0.3, 0.5]])
 
 
 def test_thresholds_are_inclusive_at_exact_iou():

@@ -206,6 +206,10 @@ def extent_errors(pred, gt) -> dict[str, float]:
     pred, gt = _pairs(pred, width, "pred"), _pairs(gt, width, "gt")
     if pred.shape[0] != gt.shape[0]:
         raise ValueError(f"pred has {pred.shape[0]} examples but gt has {gt.shape[0]}")
+    if not np.isfinite(pred).all():
+        i = int(np.flatnonzero(~np.isfinite(pred).all(-1))[0])
+        raise ValueError(f"pred[{i}] = {pred[i].tolist()} is not finite; extent errors need finite predictions "
+                         "(score_moments / score_boxes count such rows as misses)")
     k = width // 2
     size, gt_size = pred[:, k:] - pred[:, :k], gt[:, k:] - gt[:, :k]
     if (gt_size <= 0).any():
