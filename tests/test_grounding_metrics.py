@@ -140,6 +140,8 @@ def test_extent_errors_reject_bad_shapes_empty_targets_and_nan():
         extent_errors([0.1, 0.2, 0.3], [[0.1, 0.2]])
     with pytest.raises(ValueError, match=r"gt\[1\] = \[0.5, 0.5\] has no extent"):
         extent_errors([[0.1, 0.2], [0.3, 0.4]], [[0.1, 0.2], [0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"gt\[0\] = \[nan, 0.2\] is not a valid moment"):
+        extent_errors([[0.1, 0.2], [0.3, 0.4]], [[NAN, 0.2], [0.3, 0.5]])
     with pytest.raises(ValueError, match=r"pred\[1\] = \[nan, 0.4\] is not finite"):
         extent_errors([[0.1, 0.2], [NAN, 0.4]], [[0.1, 0.2], [0.3, 0.5]])
 

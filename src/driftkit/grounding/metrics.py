@@ -137,15 +137,21 @@ def _pairs(x, width: int, name: str) -> np.ndarray:  # [N, width] or [N, 1, widt
     return x
 
 
-def _matched_pairs(pred, gt, width: int) -> tuple[np.ndarray, np.ndarray]:  # both [N, width]
+_LAYOUT = {"moment": "[start, end]", "box": "[x1, y1, x2, y2]"}
+_FLIPPED = {"moment": "end < start", "box": "x2 < x1 or y2 < y1"}
+
+
+def _matched_pairs(kind: str, pred, gt, width: int) -> tuple[np.ndarray, np.ndarray]:  # both [N, width]
+    """pred and gt as [N, width] arrays of the same N; an invalid gt row is an error naming it."""
     pred, gt = _pairs(pred, width, "pred"), _pairs(gt, width, "gt")
     if pred.shape[0] != gt.shape[0]:
         raise ValueError(f"pred has {pred.shape[0]} examples but gt has {gt.shape[0]}")
+    bad_gt = ~_valid(gt)
+    if bad_gt.any():
+        i = int(np.flatnonzero(bad_gt)[0])
+        raise ValueError(f"gt[{i}] = {gt[i].tolist()} is not a valid {kind} {_LAYOUT[kind]} (non-finite or "
+                         f"{_FLIPPED[kind]})")
     return pred, gt
-
-
-_LAYOUT = {"moment": "[start, end]", "box": "[x1, y1, x2, y2]"}
-_FLIPPED = {"moment": "end < start", "box": "x2 < x1 or y2 < y1"}
 
 
 def _xywh_to_xyxy(x: np.ndarray) -> np.ndarray:  # [N, 4] -> [N, 4]
@@ -167,12 +173,7 @@ def _warn_invalid(kind: str, pred: np.ndarray, gt: np.ndarray, num_invalid: int,
 
 
 def _score(kind: str, pred, gt, thresholds, width: int, strict: bool) -> GroundingScores:
-    pred, gt = _matched_pairs(pred, gt, width)
-    bad_gt = ~_valid(gt)
-    if bad_gt.any():
-        i = int(np.flatnonzero(bad_gt)[0])
-        raise ValueError(f"gt[{i}] = {gt[i].tolist()} is not a valid {kind} {_LAYOUT[kind]} (non-finite or "
-                         f"{_FLIPPED[kind]})")
+    pred, gt = _matched_pairs(kind, pred, gt, width)
     ious = _iou(pred, gt, dims=width // 2)
     num_invalid, mean_iou = int((~_valid(pred)).sum()), float(ious.mean())
     _warn_invalid(kind, pred, gt, num_invalid, mean_iou)
@@ -208,7 +209,7 @@ def extent_errors(pred, gt) -> dict[str, float]:
     width = pred.shape[-1] if pred.ndim else 0
     if width not in (2, 4):
         raise ValueError(f"pred has shape {list(pred.shape)}, expected [N, 2] moments or [N, 4] boxes")
-    pred, gt = _matched_pairs(pred, gt, width)
+    pred, gt = _matched_pairs("moment" if width == 2 else "box", pred, gt, width)
     if not np.isfinite(pred).all():
         i = int(np.flatnonzero(~np.isfinite(pred).all(-1))[0])
         raise ValueError(f"pred[{i}] = {pred[i].tolist()} is not finite; extent errors need finite predictions "
